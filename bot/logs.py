@@ -53,7 +53,8 @@ def redact_text(text: str) -> str:
 
 def redact_value(key: str, value: Any) -> Any:
     """Mask a value by its key's name or, recursively, by its contents."""
-    if _SECRET_KEY.search(key) and value not in (None, "", False, True) and not isinstance(value, int | float):
+    is_number = isinstance(value, int | float)
+    if _SECRET_KEY.search(key) and value not in (None, "") and not is_number:
         return REDACTED
     if isinstance(value, str):
         return redact_text(value)

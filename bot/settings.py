@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from bot.errors import OrchestratorError
 
 ENV_PREFIX = "ORCH_"
-_toml_values: ContextVar[dict[str, Any]] = ContextVar("_toml_values", default={})
+_toml_values: ContextVar[dict[str, Any] | None] = ContextVar("_toml_values", default=None)
 
 
 class ConfigError(OrchestratorError):
@@ -177,10 +177,10 @@ class _TomlSource(PydanticBaseSettingsSource):
     """Hands pydantic the TOML values that `load_settings` parsed (so parse errors are ours)."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _toml_values.get().get(field_name), field_name, False
+        return (_toml_values.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_toml_values.get())
+        return dict(_toml_values.get() or {})
 
 
 def _check_http_url(value: str) -> str:

@@ -1,0 +1,1 @@
+"""The orchestrator engine: providers, planning, execution, validation, the durable queue."""
