@@ -101,6 +101,7 @@ class SlackSettings(_Section):
     app_token: SecretStr | None = None
     signing_secret: SecretStr | None = None
     alert_channel: str | None = None
+    api_base_url: str = "https://slack.com/api/"
 
 
 class DiscordSettings(_Section):
@@ -111,6 +112,7 @@ class DiscordSettings(_Section):
     public_key: str | None = None
     guild_id: str | None = None
     alert_channel_id: str | None = None
+    api_base_url: str = "https://discord.com/api/v10"
 
 
 class VaultSettings(_Section):

@@ -1,0 +1,26 @@
+"""`orchestrator run`: the always-on daemon."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from bot.logs import configure_logging
+from bot.settings import load_settings
+
+
+@click.command()
+@click.option("--no-migrate", is_flag=True, help="Refuse to start unless the schema is already at head.")
+def run(no_migrate: bool) -> None:
+    """Run the daemon in the foreground until SIGTERM or Ctrl-C.
+
+    On first start it creates the data directory, the SQLite database and the keyring, and
+    upgrades the schema (backing up an existing database first).
+    """
+    from bot.app import run_daemon
+
+    settings = load_settings()
+    configure_logging(level=settings.log.level, fmt=settings.log.format)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(run_daemon(settings, migrate=not no_migrate))

