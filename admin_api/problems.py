@@ -12,6 +12,10 @@
     ├── UnsupportedMediaType   415  the body is not application/json
     ├── ValidationFailed       422  the body or query does not match the schema
     ├── ReferenceNotFound      422  a referenced id does not exist
+    ├── OAuthStateInvalid      400  callback state missing, unknown, expired or reused
+    ├── OAuthIssuerMismatch    400  callback `iss` is not the expected issuer (RFC 9207)
+    ├── OAuthDenied            400  the authorization server returned an error
+    ├── OAuthExchangeFailed    502  the token endpoint refused the code (e.g. wrong PKCE verifier)
     ├── RateLimited            429  carries Retry-After
     ├── UpstreamFailed         502  a provider or service we called failed
     ├── Unavailable            503  a component the action needs is not running
@@ -136,6 +140,30 @@ class ReferenceNotFound(ApiProblem):
     status, slug, title = 422, "reference-not-found", "Referenced resource not found"
 
 
+class OAuthStateInvalid(ApiProblem):
+    """The OAuth callback's state is missing, unknown, expired or already used."""
+
+    status, slug, title = 400, "oauth-state-invalid", "OAuth state invalid"
+
+
+class OAuthIssuerMismatch(ApiProblem):
+    """The callback's `iss` is not the authorization server the flow started with (RFC 9207)."""
+
+    status, slug, title = 400, "oauth-issuer-mismatch", "OAuth issuer mismatch"
+
+
+class OAuthDenied(ApiProblem):
+    """The authorization server reported an error instead of a code."""
+
+    status, slug, title = 400, "oauth-denied", "OAuth authorization denied"
+
+
+class OAuthExchangeFailed(ApiProblem):
+    """The token endpoint refused the code (wrong verifier, expired code) or did not answer."""
+
+    status, slug, title = 502, "oauth-exchange-failed", "OAuth code exchange failed"
+
+
 class RateLimited(ApiProblem):
     """Too many requests for this token."""
 
@@ -163,5 +191,6 @@ class InternalError(ApiProblem):
 ALL_PROBLEMS: tuple[type[ApiProblem], ...] = (
     MalformedRequest, InvalidCursor, Unauthenticated, InsufficientScope, NotFound, MethodNotAllowed,
     Conflict, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, ReferenceNotFound, RateLimited,
+    OAuthStateInvalid, OAuthIssuerMismatch, OAuthDenied, OAuthExchangeFailed,
     UpstreamFailed, Unavailable, InternalError,
 )

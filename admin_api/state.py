@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from admin_api.auth import Principal, TokenAuthenticator
+from admin_api.metrics import ApiMetrics
+from admin_api.ratelimit import RateLimiter
 from bot.events import EventBus
 from bot.settings import Settings
-
-if TYPE_CHECKING:
-    from admin_api.auth import Principal, TokenAuthenticator
-    from admin_api.metrics import ApiMetrics
-    from admin_api.ratelimit import RateLimiter
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,7 @@ class Services:
     queue: Any = None  # bot.engine.queue durable queue
     providers: Any = None  # bot.engine.providers registry/router
     notifier: Any = None  # async callable(user_id, text) that tells a chat user something
+    embedder: Any = None  # an LLMProvider (`embed(model, texts)`) for semantic knowledge search
     extra: Any = None
 
 
@@ -49,10 +48,11 @@ SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 BUS = web.AppKey("bus", EventBus)
 OPTIONS = web.AppKey("options", ApiOptions)
 SERVICES = web.AppKey("services", Services)
-AUTH = web.AppKey("auth", "TokenAuthenticator")
-METRICS = web.AppKey("metrics", "ApiMetrics")
-LIMITER = web.AppKey("limiter", "RateLimiter")
+AUTH = web.AppKey("auth", TokenAuthenticator)
+METRICS = web.AppKey("metrics", ApiMetrics)
+LIMITER = web.AppKey("limiter", RateLimiter)
+DOC_CACHE = web.AppKey("doc_cache", dict[str, bytes])
 
-# Per-request values (request[...]); plain strings are fine on requests.
-PRINCIPAL = "admin_api.principal"
-REQUEST_ID = "admin_api.request_id"
+# Per-request values.
+PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -115,6 +115,28 @@ class DiscordSettings(_Section):
     api_base_url: str = "https://discord.com/api/v10"
 
 
+class EngineSettings(_Section):
+    """How the orchestrator plans, validates and breaks ties.
+
+    `tie_policy` decides a tie-break whose two judgements disagree (position bias) or a
+    divergence with no third model: keep the executor's answer flagged as disputed, take the
+    validator's independent answer, or escalate to a person (the subtask waits for a decision).
+    """
+
+    divergence_threshold_pct: float = Field(default=20.0, ge=0, le=100)
+    category_thresholds: dict[str, float] = Field(default_factory=dict)
+    tie_policy: Literal["keep_executor_flagged", "prefer_validator", "escalate"] = "keep_executor_flagged"
+    max_concurrency: int = Field(default=5, ge=1, le=256)
+    subtask_timeout_s: int = Field(default=1800, ge=10, le=86_400)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    execute_max_tokens: int | None = Field(default=None, ge=16)
+    checkpoint_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+    def threshold_for(self, category: str | None) -> float:
+        """The divergence above which a tie-breaker is called for this category."""
+        return self.category_thresholds.get(category or "", self.divergence_threshold_pct)
+
+
 class VaultSettings(_Section):
     """Where the encryption keys for secrets at rest come from.
 
@@ -150,6 +172,7 @@ class Settings(BaseSettings):
     slack: SlackSettings = Field(default_factory=SlackSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     vault: VaultSettings = Field(default_factory=VaultSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
 
     @classmethod
     def settings_customise_sources(

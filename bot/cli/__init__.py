@@ -23,6 +23,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("bot.cli.config_cmd:config", "Show the effective configuration."),
     "keys": ("bot.cli.keys_cmd:keys", "Manage the vault's encryption keys."),
     "doctor": ("bot.cli.doctor_cmd:doctor", "Check the set-up and say what is wrong and how to fix it."),
+    "task": ("bot.cli.task_cmd:task", "Create, show, list and cancel tasks."),
+    "ranking": ("bot.cli.task_cmd:ranking", "Rank models by their measured quality."),
+    "chat": ("bot.cli.chat_cmd:chat", "Talk to the orchestrator in this terminal."),
+    "discord": ("bot.cli.discord_cmd:discord", "Sync Discord slash commands."),
 }
 
 

@@ -115,7 +115,7 @@ class Keyring:
         """The key new values are sealed with."""
         return self._keys[self._current_id]
 
-    def keys(self) -> list[VaultKey]:
+    def all_keys(self) -> list[VaultKey]:
         """Every key, oldest first."""
         return sorted(self._keys.values(), key=lambda key: (key.created_at, key.id))
 
@@ -141,8 +141,7 @@ class Keyring:
             raise UnknownKeyError(
                 f"key {key_id!r} is retired, so the vault no longer opens values sealed with it",
                 hint=(
-                    f"if you restored an older database backup, set the key's status back to "
-                    f'"active" in {self.path}'
+                    f'if you restored an older database backup, set the key\'s status back to "active" in {self.path}'
                     if self.path
                     else "add the key back to ORCH_VAULT__KEYS"
                 ),
@@ -217,7 +216,7 @@ class Keyring:
                     "status": key.status,
                     "key": key.encoded(),
                 }
-                for key in self.keys()
+                for key in self.all_keys()
             ],
         }
 
@@ -443,9 +442,7 @@ def create_keyring(path: Path) -> Keyring:
     return keyring
 
 
-def load_keyring(
-    *, path: Path, env_keys: str | None = None, create: bool = False
-) -> Keyring:
+def load_keyring(*, path: Path, env_keys: str | None = None, create: bool = False) -> Keyring:
     """The keyring in use: from `env_keys` when given, else the file (created if `create`)."""
     if env_keys is not None:
         return parse_env_keys(env_keys)

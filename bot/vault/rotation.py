@@ -116,9 +116,7 @@ async def count_blobs_by_key(engine: AsyncEngine) -> dict[str, int]:
     return dict(counts)
 
 
-async def _reseal_all(
-    connection: AsyncConnection, *, vault: Vault, key: VaultKey
-) -> dict[str, int]:
+async def _reseal_all(connection: AsyncConnection, *, vault: Vault, key: VaultKey) -> dict[str, int]:
     resealed: dict[str, int] = {}
     for target in secret_columns():
         column = target.table.c[target.column]
@@ -144,9 +142,7 @@ async def _reseal_all(
     return resealed
 
 
-async def rotate_keys(
-    *, engine: AsyncEngine, keyring: Keyring, retire_old: bool = False
-) -> RotationReport:
+async def rotate_keys(*, engine: AsyncEngine, keyring: Keyring, retire_old: bool = False) -> RotationReport:
     """Seal every stored secret with a fresh current key (file keyring) or the current env key."""
     if keyring.source == "environment":
         return await _rotate_to_current(engine=engine, keyring=keyring)
@@ -154,7 +150,7 @@ async def rotate_keys(
     with keyring_lock(keyring.path):
         keyring.refresh()
         previous = keyring.current_id
-        new_key = generate_key(existing={key.id for key in keyring.keys()})
+        new_key = generate_key(existing={key.id for key in keyring.all_keys()})
         keyring.add(new_key)
         keyring.save()  # step 1: durable before any row is sealed with it
         vault = Vault(keyring=keyring)
@@ -184,9 +180,7 @@ async def rotate_keys(
         keyring.save()  # step 3
         log.info("vault.rotated", new_key_id=new_key.id, previous_key_id=previous, resealed=resealed)
         retired = await _retire_unused(engine=engine, keyring=keyring) if retire_old else ()
-        return RotationReport(
-            new_key_id=new_key.id, previous_key_id=previous, resealed=resealed, retired=retired
-        )
+        return RotationReport(new_key_id=new_key.id, previous_key_id=previous, resealed=resealed, retired=retired)
 
 
 def _forget_unused_key(keyring: Keyring, key_id: str) -> None:
@@ -216,15 +210,13 @@ async def _rotate_to_current(*, engine: AsyncEngine, keyring: Keyring) -> Rotati
             raise
         await transaction.commit()
     log.info("vault.resealed", key_id=current.id, resealed=resealed)
-    return RotationReport(
-        new_key_id=current.id, previous_key_id=current.id, resealed=resealed, created_key=False
-    )
+    return RotationReport(new_key_id=current.id, previous_key_id=current.id, resealed=resealed, created_key=False)
 
 
 async def _retire_unused(*, engine: AsyncEngine, keyring: Keyring) -> tuple[str, ...]:
     counts = await count_blobs_by_key(engine)
     retired = []
-    for key in keyring.keys():
+    for key in keyring.all_keys():
         if key.id != keyring.current_id and key.status == "active" and counts.get(key.id, 0) == 0:
             keyring.retire(key.id)
             retired.append(key.id)
@@ -264,8 +256,7 @@ async def retire_key(*, engine: AsyncEngine, keyring: Keyring, key_id: str) -> N
         in_use = (await count_blobs_by_key(engine)).get(key_id, 0)
         if in_use:
             raise KeyringError(
-                f"key {key_id!r} still seals {in_use} stored value(s); retiring it would make them "
-                "unreadable",
+                f"key {key_id!r} still seals {in_use} stored value(s); retiring it would make them unreadable",
                 hint="run `orchestrator keys rotate` to re-encrypt them with a new key first",
             )
         keyring.retire(key_id)

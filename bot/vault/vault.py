@@ -11,6 +11,7 @@ value), so a broken secret is never mistaken for an empty one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -45,14 +46,10 @@ class Vault:
     def __repr__(self) -> str:
         return f"Vault(current_key={self.keyring.current_id!r})"
 
-    def seal(
-        self, plaintext: str | bytes | SecretStr, *, table: str, column: str, row_id: int | str
-    ) -> bytes:
+    def seal(self, plaintext: str | bytes | SecretStr, *, table: str, column: str, row_id: int | str) -> bytes:
         """Encrypt a value for `table.column` of row `row_id` with the current key."""
         self.keyring.refresh()
-        return self.seal_with(
-            self.keyring.current, plaintext, table=table, column=column, row_id=row_id
-        )
+        return self.seal_with(self.keyring.current, plaintext, table=table, column=column, row_id=row_id)
 
     def seal_with(
         self,
@@ -88,10 +85,8 @@ class Vault:
     def open(self, sealed: bytes | None, *, table: str, column: str, row_id: int | str) -> bytes:
         """Decrypt a blob read from `table.column` of row `row_id`, or raise; never returns a blank."""
         data = self.open_unregistered(sealed, table=table, column=column, row_id=row_id)
-        try:
+        with contextlib.suppress(UnicodeDecodeError):  # binary values never appear in text logs
             register_secret(data.decode("utf-8"))
-        except UnicodeDecodeError:
-            pass  # binary secrets cannot appear in a text log line verbatim
         return data
 
     def open_text(self, sealed: bytes | None, *, table: str, column: str, row_id: int | str) -> SecretStr:
@@ -111,9 +106,7 @@ class Vault:
         """Which key sealed a blob (from its header, without decrypting)."""
         return self._parse(sealed, table=table, column=column, row_id=row_id).key_id
 
-    def open_unregistered(
-        self, sealed: bytes | None, *, table: str, column: str, row_id: int | str
-    ) -> bytes:
+    def open_unregistered(self, sealed: bytes | None, *, table: str, column: str, row_id: int | str) -> bytes:
         """Decrypt without registering the value for log redaction (rotation re-seals in bulk)."""
         where = _location(table, column, row_id)
         parsed = self._parse(sealed, table=table, column=column, row_id=row_id)
@@ -145,6 +138,4 @@ class Vault:
         try:
             return blob.parse(sealed)
         except blob.BlobFormatError as err:
-            raise IntegrityError(
-                f"{where} is not a readable sealed value: {err}", hint=_INTEGRITY_HINT
-            ) from None
+            raise IntegrityError(f"{where} is not a readable sealed value: {err}", hint=_INTEGRITY_HINT) from None

@@ -18,6 +18,7 @@ from typing import Any, Self
 from aiohttp import web
 
 _TOKEN_RE = re.compile(r"\S+\s*|\s+")
+JSON_BODY: web.RequestKey[Any] = web.RequestKey("json_body", object)
 
 
 @dataclass
@@ -202,10 +203,9 @@ class FakeLLMServer(abc.ABC):
                 body=body,
             )
         )
-        if self.api_token is not None:
-            if request.headers.get("Authorization") != f"Bearer {self.api_token}":
-                return self.auth_error()
-        request["json_body"] = body
+        if self.api_token is not None and request.headers.get("Authorization") != f"Bearer {self.api_token}":
+            return self.auth_error()
+        request[JSON_BODY] = body
         return await handler(request)
 
     def auth_error(self) -> web.Response:

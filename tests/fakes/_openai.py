@@ -15,10 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes._base import _TOKEN_RE, FakeLLMServer, ModelScript, count_words, embedding_for
+from tests.fakes._base import _TOKEN_RE, JSON_BODY, FakeLLMServer, ModelScript, count_words, embedding_for
 
 
-def openai_error(status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+def openai_error(
+    status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
     """An OpenAI-style error body."""
     kind = "invalid_request_error" if status < 500 else "server_error"
     if status == 429:
@@ -61,7 +63,7 @@ class OpenAIProtocolMixin(FakeLLMServer):
 
     async def handle_embeddings(self, request: web.Request) -> web.Response:
         """POST /v1/embeddings."""
-        body = request["json_body"]
+        body = request[JSON_BODY]
         if not isinstance(body, dict):
             return openai_error(400, "body must be a JSON object")
         found = self.resolve(body.get("model"))
@@ -79,7 +81,7 @@ class OpenAIProtocolMixin(FakeLLMServer):
 
     async def handle_chat(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/chat/completions (also /api/v0/chat/completions on LM Studio)."""
-        body = request["json_body"]
+        body = request[JSON_BODY]
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return openai_error(400, "'messages' is required and must be an array")
         found = self.resolve(body.get("model"))

@@ -10,7 +10,7 @@ import importlib.util
 
 from bot.db.base import Base
 from bot.db.models.chat import ChatConversation, ChatMessage
-from bot.db.models.credentials import CredentialTemplate, Credential, ExternalApiAccount, OAuthState
+from bot.db.models.credentials import Credential, CredentialTemplate, ExternalApiAccount, OAuthState
 from bot.db.models.enums import (
     AiRole,
     AlertStatus,

@@ -71,7 +71,7 @@ class AuthType(StrEnum):
 
     OAUTH2 = "oauth2"
     API_KEY = "api_key"
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 - an auth method name, not a secret
 
 
 class CredentialStatus(StrEnum):

@@ -9,7 +9,7 @@ from sqlalchemy import Index, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot.db.base import Base, TimestampMixin
-from bot.db.models._columns import Key, LongText, ShortKey, enum_column, foreign_key, primary_key
+from bot.db.models._columns import Key, LongText, enum_column, foreign_key, primary_key
 from bot.db.models.enums import SyncStatus
 
 

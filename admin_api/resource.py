@@ -1,0 +1,344 @@
+"""A resource is declared, not written: models, filters and sorts in; five CRUD routes out.
+
+Each resource module declares a `Resource` (ORM model, pydantic Read/Create/Update models, filters,
+sortable fields) and calls `crud_routes`, which registers list/get/create/update/delete through
+`endpoint`, so validation and the OpenAPI document come from the same declaration. Referenced ids
+are checked generically: any body field that maps to a column with a foreign key must name a row
+that exists, or the request fails with 422 reference-not-found before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from functools import cached_property
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from admin_api.endpoint import Ctx, Reply, endpoint
+from admin_api.pagination import DEFAULT_LIMIT, MAX_LIMIT, after_cursor, decode_cursor, encode_cursor, link_header
+from admin_api.problems import (
+    Conflict,
+    InvalidCursor,
+    NotFound,
+    ReferenceNotFound,
+    ValidationFailed,
+)
+from admin_api.state import SESSIONS
+from bot.db.base import Base
+
+FilterOp = Literal["eq", "ge", "le", "contains"]
+# A hook that may change the values about to be written (seal a secret, derive a field) or refuse.
+PrepareHook = Callable[[Ctx, AsyncSession, dict[str, Any], Any], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A query parameter filtering the list: column `op` value."""
+
+    column: str
+    type: Any
+    op: FilterOp = "eq"
+    description: str = ""
+
+
+class ApiModel(BaseModel):
+    """Base of request bodies: unknown fields are refused, so typos are not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=100_000)
+
+
+class ReadModel(BaseModel):
+    """Base of responses: built from ORM rows."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+@dataclass
+class Resource:
+    """The declaration of one collection at `/{name}`."""
+
+    name: str
+    tag: str
+    model: type[Base]
+    read: type[BaseModel]
+    create: type[BaseModel] | None = None
+    update: type[BaseModel] | None = None
+    filters: Mapping[str, Filter] = field(default_factory=dict)
+    sort_fields: Sequence[str] = ("id",)
+    deletable: bool = True
+    read_scope: str = "read"
+    write_scope: str = "write"
+    columns: Mapping[str, str] = field(default_factory=dict)  # API field -> ORM attribute when they differ
+    prepare: PrepareHook | None = None
+    to_read: Callable[[Any], BaseModel] | None = None
+    singular: str = ""
+
+    def __post_init__(self) -> None:
+        for name in self.sort_fields:
+            column = self.attr(name).property.columns[0]
+            if column.nullable and name != "id":
+                raise ValueError(f"{self.name}: cannot sort on nullable column {name}")
+
+    @property
+    def label(self) -> str:
+        """The singular noun used in messages."""
+        return self.singular or self.name.rstrip("s")
+
+    def attr(self, api_name: str) -> InstrumentedAttribute[Any]:
+        """The ORM attribute behind an API field name."""
+        attribute: InstrumentedAttribute[Any] = getattr(self.model, self.columns.get(api_name, api_name))
+        return attribute
+
+    @cached_property
+    def pk(self) -> InstrumentedAttribute[Any]:
+        """The primary key attribute."""
+        return self.attr("id")
+
+    @cached_property
+    def page_model(self) -> type[BaseModel]:
+        """The response model of the list: items, total, limit, next cursor."""
+        return create_model(
+            f"{self.read.__name__}Page",
+            items=(list[self.read], ...),  # type: ignore[name-defined]
+            total=(int, Field(description="rows matching the filters, over all pages")),
+            limit=(int, ...),
+            next_cursor=(str | None, Field(default=None, description="pass as ?cursor= for the next page")),
+        )
+
+    @cached_property
+    def list_query(self) -> type[BaseModel]:
+        """The list's query model: limit, cursor, sort, and this resource's filters."""
+        sorts = tuple(name for field_name in self.sort_fields for name in (field_name, f"-{field_name}"))
+        fields: dict[str, Any] = {
+            "limit": (int, Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)),
+            "cursor": (str | None, Field(default=None, max_length=512)),
+            "sort": (Literal[sorts], Field(default="id")),  # type: ignore[valid-type]
+        }
+        for name, spec in self.filters.items():
+            annotation = spec.type
+            extra: dict[str, Any] = {"description": spec.description} if spec.description else {}
+            if annotation is str:
+                extra["max_length"] = 255
+            fields[name] = (annotation | None, Field(default=None, **extra))
+        return create_model(
+            f"{self.read.__name__}ListQuery", __config__=ConfigDict(extra="forbid"), **fields
+        )
+
+    def serialise(self, row: Any) -> BaseModel:
+        """A row as its Read model."""
+        if self.to_read is not None:
+            return self.to_read(row)
+        return self.read.model_validate(row, from_attributes=True)
+
+    def filter_clauses(self, query: BaseModel) -> list[ColumnElement[bool]]:
+        """WHERE clauses for the filters given in the query."""
+        clauses: list[ColumnElement[bool]] = []
+        for name, spec in self.filters.items():
+            value = getattr(query, name)
+            if value is None:
+                continue
+            column = self.attr(spec.column)
+            if spec.op == "eq":
+                clauses.append(column == value)
+            elif spec.op == "ge":
+                clauses.append(column >= value)
+            elif spec.op == "le":
+                clauses.append(column <= value)
+            else:
+                escaped = str(value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                clauses.append(column.like(f"%{escaped}%", escape="\\"))
+        return clauses
+
+
+def _python_type(attribute: InstrumentedAttribute[Any]) -> type:
+    column_type = attribute.property.columns[0].type
+    enum_class = getattr(column_type, "enum_class", None)
+    if enum_class is not None:
+        return str
+    try:
+        python_type: type = column_type.python_type
+    except NotImplementedError:
+        return str
+    if issubclass(python_type, Enum):
+        return str
+    return python_type
+
+
+async def list_rows(
+    ctx: Ctx, resource: Resource, *, base: Select[Any] | None = None,
+    extra_where: Sequence[ColumnElement[bool]] = (),
+) -> web.Response:
+    """Run a paged, filtered, sorted list and answer with the page, a total and Link headers."""
+    query = ctx.query
+    sort: str = query.sort
+    descending = sort.startswith("-")
+    sort_name = sort.lstrip("-")
+    column = resource.attr(sort_name)
+    pk = resource.pk
+    where = [*resource.filter_clauses(query), *extra_where]
+    statement = (base if base is not None else select(resource.model)).where(*where)
+    if query.cursor is not None:
+        value, row_id = decode_cursor(query.cursor, sort=sort, python_type=_python_type(column))
+        if value is None and column is not pk:
+            raise InvalidCursor("the cursor is not one this API issued")
+        statement = statement.where(after_cursor(column, pk, value=value, row_id=row_id, descending=descending))
+    orders = [column.desc(), pk.desc()] if descending else [column.asc(), pk.asc()]
+    if column is pk:
+        orders = orders[:1]
+    statement = statement.order_by(*orders).limit(query.limit + 1)
+    count_statement = select(func.count()).select_from(resource.model).where(*where)
+    async with ctx.request.app[SESSIONS]() as session:
+        rows = list((await session.execute(statement)).unique().scalars())
+        total = int((await session.execute(count_statement)).scalar_one())
+    next_cursor = None
+    if len(rows) > query.limit:
+        rows = rows[: query.limit]
+        last = rows[-1]
+        next_cursor = encode_cursor(sort=sort, value=getattr(last, column.key), row_id=last.id)
+    page = resource.page_model(
+        items=[resource.serialise(row) for row in rows], total=total, limit=query.limit,
+        next_cursor=next_cursor,
+    )
+    return web.Response(
+        body=page.model_dump_json().encode(),
+        content_type="application/json",
+        headers={"Link": link_header(ctx.request.rel_url, next_cursor=next_cursor), "X-Total-Count": str(total)},
+    )
+
+
+async def get_row(session: AsyncSession, resource: Resource, row_id: int) -> Any:
+    """The row with this id, or a 404 problem."""
+    row = await session.get(resource.model, row_id)
+    if row is None:
+        raise NotFound(f"no {resource.label} with id {row_id}")
+    return row
+
+
+async def check_references(session: AsyncSession, resource: Resource, values: Mapping[str, Any]) -> None:
+    """422 reference-not-found unless every foreign-key value names an existing row."""
+    missing: list[dict[str, Any]] = []
+    for name, value in values.items():
+        if value is None or not hasattr(resource.model, name):
+            continue
+        prop = getattr(getattr(resource.model, name), "property", None)
+        columns = getattr(prop, "columns", None)
+        if not columns:
+            continue
+        for foreign_key in columns[0].foreign_keys:
+            target = foreign_key.column
+            found = (await session.execute(select(target).where(target == value).limit(1))).first()
+            if found is None:
+                missing.append({"field": name, "id": value, "resource": target.table.name})
+    if missing:
+        described = ", ".join(f"{m['field']}={m['id']}" for m in missing)
+        raise ReferenceNotFound(f"referenced rows do not exist: {described}", extra={"missing": missing})
+
+
+def _orm_values(resource: Resource, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {resource.columns.get(name, name): value for name, value in values.items()}
+
+
+def _check_nulls(resource: Resource, values: Mapping[str, Any]) -> None:
+    errors = []
+    for name, value in values.items():
+        if value is None:
+            prop = getattr(getattr(resource.model, name, None), "property", None)
+            columns = getattr(prop, "columns", None)
+            if columns and not columns[0].nullable:
+                errors.append({"loc": ["body", name], "msg": "may not be null", "type": "null_forbidden"})
+    if errors:
+        raise ValidationFailed("the body does not match the schema", extra={"errors": errors})
+
+
+async def commit_or_conflict(session: AsyncSession, what: str) -> None:
+    """Commit, turning a constraint violation into 409 (the DB text is not echoed)."""
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(f"the {what} conflicts with an existing row (a unique name, or rows that depend on it)") from None
+
+
+def _location(ctx: Ctx, resource: Resource, row_id: int) -> str:
+    return f"/{resource.name}/{row_id}"
+
+
+def crud_routes(resource: Resource, routes: web.RouteTableDef | None = None) -> web.RouteTableDef:
+    """Register the resource's list/get/create/update/delete routes and return the table."""
+    routes = routes if routes is not None else web.RouteTableDef()
+    base = f"/{resource.name}"
+    label = resource.label
+
+    @endpoint(routes, "GET", base, summary=f"List {resource.name}", tag=resource.tag,
+              scope=resource.read_scope, query=resource.list_query, response=resource.page_model,
+              problems=(InvalidCursor, ValidationFailed))
+    async def list_handler(ctx: Ctx) -> web.Response:
+        return await list_rows(ctx, resource)
+
+    @endpoint(routes, "GET", base + "/{id}", summary=f"Get one {label}", tag=resource.tag,
+              scope=resource.read_scope, response=resource.read, problems=(NotFound,))
+    async def get_handler(ctx: Ctx) -> BaseModel:
+        async with ctx.request.app[SESSIONS]() as session:
+            return resource.serialise(await get_row(session, resource, ctx.path_int()))
+
+    if resource.create is not None:
+        @endpoint(routes, "POST", base, summary=f"Create a {label}", tag=resource.tag,
+                  scope=resource.write_scope, body=resource.create, response=resource.read, status=201,
+                  problems=(ValidationFailed, ReferenceNotFound, Conflict))
+        async def create_handler(ctx: Ctx) -> Reply:
+            values = _orm_values(resource, ctx.body.model_dump())
+            async with ctx.request.app[SESSIONS]() as session:
+                await check_references(session, resource, values)
+                if resource.prepare is not None:
+                    values = await resource.prepare(ctx, session, values, None)
+                row = resource.model(**values)
+                session.add(row)
+                await commit_or_conflict(session, label)
+                await session.refresh(row)
+                return Reply(resource.serialise(row), status=201,
+                             headers={"Location": _location(ctx, resource, row.id)})
+
+    if resource.update is not None:
+        @endpoint(routes, "PATCH", base + "/{id}", summary=f"Change a {label}", tag=resource.tag,
+                  scope=resource.write_scope, body=resource.update, response=resource.read,
+                  problems=(NotFound, ValidationFailed, ReferenceNotFound, Conflict))
+        async def update_handler(ctx: Ctx) -> BaseModel:
+            values = _orm_values(resource, ctx.body.model_dump(exclude_unset=True))
+            _check_nulls(resource, values)
+            async with ctx.request.app[SESSIONS]() as session:
+                row = await get_row(session, resource, ctx.path_int())
+                await check_references(session, resource, values)
+                if resource.prepare is not None:
+                    values = await resource.prepare(ctx, session, values, row)
+                for name, value in values.items():
+                    setattr(row, name, value)
+                await commit_or_conflict(session, label)
+                await session.refresh(row)
+                return resource.serialise(row)
+
+    if resource.deletable:
+        @endpoint(routes, "DELETE", base + "/{id}", summary=f"Delete a {label}", tag=resource.tag,
+                  scope=resource.write_scope, problems=(NotFound, Conflict))
+        async def delete_handler(ctx: Ctx) -> None:
+            async with ctx.request.app[SESSIONS]() as session:
+                row = await get_row(session, resource, ctx.path_int())
+                await session.delete(row)
+                await commit_or_conflict(session, label)
+
+    return routes
+
+
+__all__ = [
+    "ApiModel", "Decimal", "Filter", "ReadModel", "Resource", "check_references", "commit_or_conflict",
+    "crud_routes", "datetime", "get_row", "list_rows",
+]

@@ -1,0 +1,249 @@
+"""The knowledge base (entries, full-text and semantic search) and the sources it is synced from.
+
+Full-text search uses the database's own index: SQLite FTS5 (`knowledge_base_fts`, external
+content over knowledge_base(title, content)) or a MariaDB FULLTEXT index on (title, content). Both
+are created by the migrations; without them the search answers 503 and says so. Semantic search
+ranks entries by cosine similarity to the query's embedding, computed by the provider that embedded
+the entries (`embedding_model`), and is offered only when entries have embeddings and the daemon
+passed an embedder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from admin_api.endpoint import Ctx, endpoint
+from admin_api.problems import Unavailable, UpstreamFailed, ValidationFailed
+from admin_api.resource import ApiModel, Filter, ReadModel, Resource, crud_routes
+from admin_api.resources._common import Id, Key, LongText, Name, Timestamps
+from admin_api.state import SERVICES, SESSIONS
+from bot.db.models import KnowledgeEntry, KnowledgeSource, SyncStatus
+
+routes = web.RouteTableDef()
+Tag = Annotated[str, Field(min_length=1, max_length=64)]
+Tags = Annotated[list[Tag], Field(max_length=50)]
+LanguageCode = Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z]{2,4})?$")]
+
+
+class EntryCreate(ApiModel):
+    """A document for the models to cite."""
+
+    title: Key
+    content: Annotated[str, Field(min_length=1, max_length=1_000_000)]
+    source_id: Id | None = None
+    source_ref: Key | None = None
+    tags: Tags = Field(default_factory=list)
+    language: LanguageCode | None = None
+
+
+class EntryUpdate(ApiModel):
+    """Fields to change; new content drops the stale embedding."""
+
+    title: Key | None = None
+    content: Annotated[str, Field(min_length=1, max_length=1_000_000)] | None = None
+    tags: Tags | None = None
+    language: LanguageCode | None = None
+
+
+class EntryRead(Timestamps):
+    """An entry (its embedding is summarised, not returned)."""
+
+    title: str
+    content: str
+    source_id: int | None
+    source_ref: str | None
+    tags: list[str]
+    language: str | None
+    embedding_model: str | None
+    content_sha256: str
+    has_embedding: bool
+
+
+def _entry_read(row: Any) -> BaseModel:
+    return EntryRead(
+        id=row.id, created_at=row.created_at, updated_at=row.updated_at, title=row.title,
+        content=row.content, source_id=row.source_id, source_ref=row.source_ref, tags=row.tags or [],
+        language=row.language, embedding_model=row.embedding_model, content_sha256=row.content_sha256,
+        has_embedding=bool(row.embedding),
+    )
+
+
+async def _hash_content(ctx: Ctx, session: AsyncSession, values: dict[str, Any], row: Any) -> dict[str, Any]:
+    if "content" in values:
+        values["content_sha256"] = hashlib.sha256(values["content"].encode()).hexdigest()
+        if row is not None and values["content_sha256"] != row.content_sha256:
+            values["embedding"], values["embedding_model"] = None, None
+    return values
+
+
+ENTRIES = Resource(
+    name="knowledge", tag="knowledge base", model=KnowledgeEntry, read=EntryRead, create=EntryCreate,
+    update=EntryUpdate, prepare=_hash_content, to_read=_entry_read, singular="knowledge entry",
+    sort_fields=("id", "created_at", "title"),
+    filters={"source_id": Filter("source_id", int), "language": Filter("language", str),
+             "title_contains": Filter("title", str, "contains")},
+)
+
+
+class SearchQuery(BaseModel):
+    """What to look for and how."""
+
+    model_config = ConfigDict(extra="forbid")
+    q: Annotated[str, Field(min_length=1, max_length=500)]
+    mode: Literal["fulltext", "semantic"] = "fulltext"
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    source_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
+
+
+class SearchHit(BaseModel):
+    """One match; `score` is higher for better matches (bm25 or cosine, per mode)."""
+
+    entry: EntryRead
+    score: float
+
+
+class SearchResults(BaseModel):
+    """The best matches, best first."""
+
+    mode: Literal["fulltext", "semantic"]
+    items: list[SearchHit]
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+async def _fulltext(session: AsyncSession, query: SearchQuery) -> list[tuple[int, float]]:
+    words = _WORD.findall(query.q)[:20]
+    if not words:
+        raise ValidationFailed("the query has no words to search for", extra={"errors": [
+            {"loc": ["query", "q"], "msg": "no searchable words", "type": "value_error"}]})
+    dialect = session.get_bind().dialect.name
+    source = " AND k.source_id = :source_id" if query.source_id is not None else ""
+    params: dict[str, Any] = {"limit": query.limit, "source_id": query.source_id}
+    if dialect == "sqlite":
+        # Each word quoted: FTS5 syntax in the user's text is matched literally, never parsed.
+        params["match"] = " ".join('"' + word.replace('"', '""') + '"' for word in words)
+        statement = text(
+            "SELECT k.id, -bm25(knowledge_base_fts) AS score FROM knowledge_base_fts "
+            "JOIN knowledge_base k ON k.id = knowledge_base_fts.rowid "
+            f"WHERE knowledge_base_fts MATCH :match{source} ORDER BY bm25(knowledge_base_fts) LIMIT :limit"
+        )
+    else:
+        params["match"] = " ".join(words)
+        statement = text(
+            "SELECT k.id, MATCH(k.title, k.content) AGAINST (:match IN NATURAL LANGUAGE MODE) AS score "
+            "FROM knowledge_base k WHERE MATCH(k.title, k.content) AGAINST (:match IN NATURAL LANGUAGE MODE)"
+            f"{source} ORDER BY score DESC LIMIT :limit"
+        )
+    try:
+        return [(int(row[0]), float(row[1])) for row in await session.execute(statement, params)]
+    except DBAPIError as err:
+        text_of = str(err.orig).lower()
+        if "no such table" in text_of or "fulltext index" in text_of:
+            raise Unavailable("the full-text index is missing; run `orchestrator migrate`") from None
+        raise
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=False))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else 0.0
+
+
+async def _semantic(ctx: Ctx, session: AsyncSession, query: SearchQuery) -> list[tuple[int, float]]:
+    embedder = ctx.request.app[SERVICES].embedder
+    statement = select(KnowledgeEntry.id, KnowledgeEntry.embedding, KnowledgeEntry.embedding_model).where(
+        KnowledgeEntry.embedding.is_not(None), KnowledgeEntry.embedding_model.is_not(None)).limit(50_000)
+    if query.source_id is not None:
+        statement = statement.where(KnowledgeEntry.source_id == query.source_id)
+    rows = [row for row in (await session.execute(statement)).tuples() if row[1]]
+    if not rows:
+        raise Unavailable("no knowledge entry has an embedding yet; use mode=fulltext")
+    if embedder is None:
+        raise Unavailable("this daemon has no embedding provider configured; use mode=fulltext")
+    from bot.engine.providers.port import ProviderError
+
+    models = {row[2] for row in rows}
+    scored: list[tuple[int, float]] = []
+    for model in models:
+        try:
+            vector = (await embedder.embed(model, [query.q]))[0]
+        except ProviderError as err:
+            raise UpstreamFailed(f"the embedding model {model!r} failed: {err.message}") from None
+        scored += [(row[0], _cosine(vector, row[1])) for row in rows if row[2] == model and len(row[1]) == len(vector)]
+    scored.sort(key=lambda pair: pair[1], reverse=True)
+    return scored[: query.limit]
+
+
+@endpoint(routes, "GET", "/knowledge/search", summary="Search the knowledge base", tag="knowledge base",
+          scope="read", query=SearchQuery, response=SearchResults, problems=(ValidationFailed, Unavailable))
+async def search(ctx: Ctx) -> SearchResults:
+    """Full-text (database index) or semantic (embeddings) search."""
+    query = ctx.query_as(SearchQuery)
+    async with ctx.request.app[SESSIONS]() as session:
+        ranked = await (_fulltext(session, query) if query.mode == "fulltext" else _semantic(ctx, session, query))
+        ids = [entry_id for entry_id, _ in ranked]
+        entries = {row.id: row for row in (await session.execute(
+            select(KnowledgeEntry).where(KnowledgeEntry.id.in_(ids)))).scalars()} if ids else {}
+    items = [SearchHit(entry=_entry_read(entries[i]), score=score) for i, score in ranked if i in entries]  # type: ignore[arg-type]
+    return SearchResults(mode=query.mode, items=items)
+
+
+crud_routes(ENTRIES, routes)
+
+
+class SourceCreate(ApiModel):
+    """Where documents come from."""
+
+    name: Name
+    kind: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    uri: Annotated[str, Field(min_length=1, max_length=1000)]
+    credential_id: Id | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    is_active: bool = True
+
+
+class SourceUpdate(ApiModel):
+    """Fields to change."""
+
+    name: Name | None = None
+    uri: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    credential_id: Id | None = None
+    settings: dict[str, Any] | None = None
+    is_active: bool | None = None
+
+
+class SourceRead(Timestamps):
+    """A source and its last synchronisation."""
+
+    name: str
+    kind: str
+    uri: str
+    credential_id: int | None
+    sync_status: SyncStatus
+    sync_error: str | None
+    last_synced_at: datetime | None
+    settings: dict[str, object]
+    is_active: bool
+
+
+SOURCES = Resource(
+    name="knowledge-sources", tag="knowledge sources", model=KnowledgeSource, read=SourceRead,
+    create=SourceCreate, update=SourceUpdate, singular="knowledge source",
+    sort_fields=("id", "name", "created_at"),
+    filters={"kind": Filter("kind", str), "sync_status": Filter("sync_status", SyncStatus),
+             "is_active": Filter("is_active", bool)},
+)
+crud_routes(SOURCES, routes)
+
+__all__ = ["ENTRIES", "SOURCES", "LongText", "ReadModel", "routes"]

@@ -1,0 +1,759 @@
+"""The heart: plan a task, execute each subtask, have a different model validate it, break ties.
+
+Everything runs as jobs on the durable queue (bot/engine/queue), so nothing is lost when a model
+or the process fails:
+
+    task.plan     planner model → JSON plan (schema-checked; sent back once with the error, then
+                  to another planner model) → subtask rows + jobs for the ready ones, in the same
+                  transaction that marks the plan job done
+    subtask.run   execute (streamed, partial output checkpointed, resumed from it)
+                  → result saved → validator writes its own answer without seeing the executor's
+                  → validator's verdict on the executor's answer → divergence (bot/engine/divergence)
+                  → above the threshold a third model judges A/B twice with positions swapped
+                  → subtask row, quality metrics and dependants' jobs in one transaction
+    task.finish   the final answer (a writer model merges several results) and the task's status
+
+Each model call is a named step of its job: a step finished before a crash is never run again,
+and its stored result is what the resumed attempt sees. Every model interaction goes to
+`execution_logs`; every state change is published on the event bus (topic "task").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.db.base import utcnow
+from bot.db.models import (
+    AiRole,
+    ExecutionLog,
+    LogLevel,
+    Subtask,
+    SubtaskStatus,
+    Task,
+    TaskStatus,
+)
+from bot.engine.divergence import Divergence, measure_divergence
+from bot.engine.embeddings import Embedder
+from bot.engine.prompts import (
+    instructions_for,
+    render_template,
+    role_for_category,
+    role_prompt,
+    system_with_instructions,
+)
+from bot.engine.providers.port import ChatMessage, ChatRequest, ChatResult, ProviderError
+from bot.engine.providers.router import Router
+from bot.engine.quality import Outcome, record_outcomes
+from bot.engine.queue import JobContext, JobQueue, JobSpec, PermanentJobError, QueueEvent
+from bot.engine.schemas import Judgement, MalformedOutputError, Plan, Verdict, json_schema, parse_output
+from bot.engine.selection import Candidate, Choice, Selector, load_candidates
+from bot.errors import OrchestratorError
+from bot.events import Event, EventBus
+from bot.logs import get_logger, redact_text
+from bot.settings import EngineSettings
+
+log = get_logger(__name__)
+
+KIND_PLAN = "task.plan"
+KIND_SUBTASK = "subtask.run"
+KIND_FINISH = "task.finish"
+TERMINAL_SUBTASK = {SubtaskStatus.COMPLETED, SubtaskStatus.FAILED, SubtaskStatus.SKIPPED, SubtaskStatus.CANCELLED}
+MAX_LOGGED_CHARS = 200_000
+
+
+class EngineError(OrchestratorError):
+    """An orchestration failure the user should read (no model available, bad plan)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedTask:
+    """What `submit` created."""
+
+    task_id: int
+    created: bool
+
+
+class Engine:
+    """Registers the job handlers and offers submit/cancel/resolve to the chat front and the CLI."""
+
+    def __init__(
+        self,
+        *,
+        session_factory: async_sessionmaker[AsyncSession],
+        router: Router,
+        queue: JobQueue,
+        settings: EngineSettings,
+        bus: EventBus | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self._sessions = session_factory
+        self._router = router
+        self._queue = queue
+        self._settings = settings
+        self._bus = bus
+        self._embedder = embedder
+        self._selector = Selector(router=router)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def handlers(self) -> dict[str, Callable[[JobContext], Awaitable[dict[str, Any] | None]]]:
+        """Job kind → handler, for the queue's Worker."""
+        return {KIND_PLAN: self._plan_job, KIND_SUBTASK: self._subtask_job, KIND_FINISH: self._finish_job}
+
+    async def submit(
+        self,
+        *,
+        title: str,
+        description: str = "",
+        user_id: int | None = None,
+        priority: int = 0,
+        category: str | None = None,
+        origin: dict[str, Any] | None = None,
+        template: str | None = None,
+        variables: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> SubmittedTask:
+        """Create a task and queue its planning; the same idempotency key never creates two."""
+        title = title.strip()
+        if not title:
+            raise EngineError("a task needs a title or a request")
+        if len(title) > 255:
+            title, description = title[:250] + "…", f"{title}\n\n{description}".strip()
+        if len(description) > 100_000:
+            raise EngineError("the task description is longer than 100,000 characters")
+        async with self._sessions() as session, session.begin():
+            if idempotency_key:
+                existing = await session.scalar(select(Task.id).where(Task.idempotency_key == idempotency_key))
+                if existing is not None:
+                    return SubmittedTask(existing, False)
+            if template:
+                rendered, template_category = await render_template(session, name=template, variables=variables or {})
+                description = f"{rendered}\n\n{description}".strip()
+                category = category or template_category
+            task = Task(title=title, description=description, user_id=user_id, priority=priority,
+                        category=category, origin=origin or {}, status=TaskStatus.PENDING,
+                        idempotency_key=idempotency_key)
+            session.add(task)
+            await session.flush()
+            task_id = task.id
+        await self._queue.enqueue(JobSpec(kind=KIND_PLAN, idempotency_key=f"task:{task_id}:plan",
+                                          payload={"task_id": task_id}, priority=priority, task_id=task_id,
+                                          max_attempts=self._settings.max_attempts,
+                                          timeout_s=self._settings.subtask_timeout_s))
+        self._publish("task.created", task_id, {"title": title})
+        return SubmittedTask(task_id, True)
+
+    async def cancel(self, task_id: int) -> bool:
+        """Cancel a task's queued and running work; False when it had already ended."""
+        async with self._sessions() as session, session.begin():
+            task = await session.get(Task, task_id)
+            if task is None:
+                raise EngineError(f"there is no task {task_id}")
+            if task.status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED):
+                return False
+            task.status = TaskStatus.CANCELLED
+            task.finished_at = utcnow()
+            await session.execute(
+                update(Subtask)
+                .where(Subtask.task_id == task_id, Subtask.status.not_in(list(TERMINAL_SUBTASK)))
+                .values(status=SubtaskStatus.CANCELLED)
+            )
+        await self._queue.cancel_task(task_id)
+        self._publish("task.cancelled", task_id, {})
+        return True
+
+    async def resolve_tie(self, subtask_id: int, *, choose: str, decided_by: str) -> None:
+        """A person's decision on an escalated tie: "executor" or "validator" answer wins."""
+        if choose not in ("executor", "validator"):
+            raise EngineError("choose the executor's or the validator's answer")
+        async with self._sessions() as session, session.begin():
+            subtask = await session.get(Subtask, subtask_id)
+            if subtask is None or not (subtask.validation or {}).get("needs_decision"):
+                raise EngineError(f"subtask {subtask_id} is not waiting for a decision")
+            validation = dict(subtask.validation or {})
+            winner = validation.get("executor_answer") if choose == "executor" else validation.get("reference_answer")
+            validation.update(needs_decision=False, decision={"chosen": choose, "by": decided_by})
+            subtask.validation = validation
+            subtask.result = winner or subtask.result
+            subtask.status = SubtaskStatus.COMPLETED
+            subtask.finished_at = utcnow()
+            await self._schedule_after(session, subtask)
+        self._publish("subtask.decided", subtask.task_id, {"subtask_id": subtask_id, "chosen": choose})
+
+    def on_queue_event(self, event: QueueEvent) -> None:
+        """Worker callback: a job that will never succeed fails its subtask and task."""
+        if event.name == "dead":
+            import asyncio
+
+            asyncio.get_running_loop().create_task(self._job_dead(event))
+
+    # -- planning -----------------------------------------------------------------------------
+
+    async def _plan_job(self, ctx: JobContext) -> dict[str, Any]:
+        task_id = int(ctx.payload["task_id"])
+        async with self._sessions() as session, session.begin():
+            task = await session.get(Task, task_id)
+            if task is None or task.status == TaskStatus.CANCELLED:
+                return {"skipped": "task gone or cancelled"}
+            task.status = TaskStatus.PLANNING
+            task.started_at = task.started_at or utcnow()
+            planner = await role_prompt(session, AiRole.PLANNER)
+            instructions = await instructions_for(session, category=task.category, task_id=task_id)
+            request_text = f"{task.title}\n\n{task.description}".strip()
+            category = task.category or "planning"
+        self._publish("task.planning", task_id, {})
+        plan_data = await ctx.step("plan", lambda: self._make_plan(
+            task_id=task_id, request_text=request_text, category=category,
+            system=system_with_instructions(planner.system_prompt, instructions),
+            temperature=planner.temperature, preferred=planner.preferred_model_id,
+        ))
+        if "error" in plan_data:
+            await self._fail_task(task_id, plan_data["error"])
+            return {"failed": plan_data["error"]}
+        plan = Plan.model_validate(plan_data["plan"])
+
+        async def write_plan(session: AsyncSession) -> None:
+            task = await session.get(Task, task_id)
+            if task is None or task.status == TaskStatus.CANCELLED:
+                return
+            existing = await session.scalar(select(Subtask.id).where(Subtask.task_id == task_id).limit(1))
+            if existing is not None:
+                return
+            rows = []
+            for planned in plan.topological_order():
+                row = Subtask(task_id=task_id, seq=planned.id, title=planned.title[:255],
+                              description=planned.description, category=planned.category,
+                              depends_on=list(planned.depends_on), priority=task.priority + planned.priority,
+                              expected_output=planned.expected_output or None, status=SubtaskStatus.PENDING,
+                              max_attempts=self._settings.max_attempts,
+                              idempotency_key=f"task:{task_id}:subtask:{planned.id}")
+                session.add(row)
+                rows.append(row)
+            await session.flush()
+            task.status = TaskStatus.RUNNING
+            await self._enqueue_ready(session, task_id, rows)
+
+        ctx.on_commit(write_plan)
+        self._publish("task.planned", task_id, {"subtasks": [s.model_dump() for s in plan.subtasks],
+                                                "planner": plan_data["model"]})
+        return {"subtasks": len(plan.subtasks), "planner": plan_data["model"]}
+
+    async def _make_plan(self, *, task_id: int, request_text: str, category: str, system: str,
+                         temperature: float, preferred: int | None) -> dict[str, Any]:
+        """Ask a planner; a malformed plan goes back once with the error, then to another planner."""
+        tried: list[str] = []
+        errors: list[str] = []
+        schema = json_schema(Plan)
+        for _ in range(2):
+            async with self._sessions() as session:
+                choice = await self._selector.choose(session, category="planning", exclude=tried,
+                                                     prefer_model_id=preferred)
+            if choice is None:
+                break
+            model = choice.candidate.key
+            tried.append(model)
+            self._log_choice(task_id, None, "planner", choice)
+            messages = [
+                ChatMessage("system", system),
+                ChatMessage("user", _plan_request(request_text)),
+            ]
+            for attempt in range(2):
+                result = await self._call(task_id=task_id, subtask_id=None, event="plan", choice=choice,
+                                          request=ChatRequest(model=model, messages=messages, json_schema=schema,
+                                                              temperature=temperature))
+                try:
+                    plan = parse_output(Plan, result.text)
+                except MalformedOutputError as err:
+                    errors.append(f"{model}: {err.message} ({err.detail})")
+                    await self._log(task_id, None, choice, "plan.malformed", level=LogLevel.WARNING,
+                                    details={"error": err.detail, "attempt": attempt + 1})
+                    messages = [*messages, ChatMessage("assistant", result.text[:8000]),
+                                ChatMessage("user", f"That plan is invalid: {err.detail}. Reply with only the "
+                                                    "corrected JSON object.")]
+                    continue
+                return {"plan": plan.model_dump(), "model": model}
+        reason = "; ".join(errors) if errors else "no model is available to plan"
+        return {"error": f"no valid plan: {reason}"[:2000]}
+
+    # -- one subtask --------------------------------------------------------------------------
+
+    async def _subtask_job(self, ctx: JobContext) -> dict[str, Any]:
+        subtask_id = int(ctx.payload["subtask_id"])
+        async with self._sessions() as session, session.begin():
+            subtask = await session.get(Subtask, subtask_id)
+            if subtask is None or subtask.status in TERMINAL_SUBTASK:
+                return {"skipped": "subtask gone or finished"}
+            task = await session.get(Task, subtask.task_id)
+            if task is None or task.status == TaskStatus.CANCELLED:
+                return {"skipped": "task cancelled"}
+            subtask.status = SubtaskStatus.RUNNING
+            subtask.started_at = subtask.started_at or utcnow()
+            subtask.attempts = ctx.job.attempts
+            executor_role = await role_prompt(session, role_for_category(subtask.category))
+            instructions = await instructions_for(session, category=subtask.category, task_id=task.id)
+            context = await _dependency_context(session, subtask)
+            task_id, category = task.id, subtask.category or "reasoning"
+            prompt = _subtask_prompt(task, subtask, context)
+            threshold = self._settings.threshold_for(subtask.category)
+        system = system_with_instructions(executor_role.system_prompt, instructions)
+        self._publish("subtask.started", task_id, {"subtask_id": subtask_id})
+
+        executor_data = await ctx.step("select.executor", lambda: self._choose(
+            category=category, exclude=(), diverse_from=(), prefer=executor_role.preferred_model_id))
+        if executor_data is None:
+            raise PermanentJobError("no model is available to execute the subtask")
+        executor = _candidate(executor_data)
+        self._log_choice(task_id, subtask_id, "executor", executor_data)
+
+        execution = await ctx.step("execute", lambda: self._execute(
+            ctx, task_id=task_id, subtask_id=subtask_id, executor=executor, system=system, prompt=prompt,
+            temperature=executor_role.temperature, max_tokens=executor_role.max_tokens,
+        ))
+        answer = str(execution["text"])
+        await self._save_result(subtask_id, answer, executor.model_id)
+
+        validator_data = await ctx.step("select.validator", lambda: self._choose(
+            category=category, exclude=(executor.key,), diverse_from=(executor,), prefer=None))
+        if validator_data is None:
+            return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
+                                              executor=executor, execution=execution, final=answer,
+                                              validation={"status": "unvalidated",
+                                                          "reason": "no second model is available to validate"})
+        validator = _candidate(validator_data)
+        self._log_choice(task_id, subtask_id, "validator", validator_data)
+        self._publish("subtask.validating", task_id, {"subtask_id": subtask_id, "validator": validator.key})
+
+        reference = await ctx.step("reference", lambda: self._text_call(
+            task_id=task_id, subtask_id=subtask_id, event="reference", candidate=validator,
+            messages=[ChatMessage("system", system), ChatMessage("user", prompt)],
+            temperature=executor_role.temperature, max_tokens=executor_role.max_tokens))
+        verdict_data = await ctx.step("verdict", lambda: self._verdict(
+            task_id=task_id, subtask_id=subtask_id, validator=validator, prompt=prompt, answer=answer))
+        if "error" in verdict_data:
+            return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
+                                              executor=executor, execution=execution, final=answer,
+                                              validation={"status": "unvalidated", "validator": validator.key,
+                                                          "reason": verdict_data["error"]})
+        verdict = Verdict.model_validate(verdict_data)
+        divergence = await measure_divergence(answer=answer, reference=str(reference["text"]), score=verdict.score,
+                                              decision=verdict.decision, embedder=self._embedder)
+        validation: dict[str, Any] = {
+            "status": "validated", "validator": validator.key, "validator_model_id": validator.model_id,
+            "verdict": verdict.model_dump(), "divergence": divergence.as_dict(), "threshold_pct": threshold,
+            "reference_answer": reference["text"], "executor_answer": answer,
+        }
+        await self._log(task_id, subtask_id, _choice_like(validator), "divergence",
+                        details=divergence.as_dict())
+        self._publish("subtask.verdict", task_id, {
+            "subtask_id": subtask_id, "validator": validator.key, "score": verdict.score,
+            "decision": verdict.decision, "issues": verdict.issues, "divergence_pct": round(divergence.pct, 1),
+        })
+        if divergence.pct <= threshold:
+            return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
+                                              executor=executor, execution=execution, final=answer,
+                                              validation=validation, verdict=verdict, validator=validator,
+                                              divergence=divergence)
+        return await self._tie_break(ctx, task_id=task_id, subtask_id=subtask_id, category=category, prompt=prompt,
+                                     executor=executor, validator=validator, execution=execution, answer=answer,
+                                     reference=str(reference["text"]), verdict=verdict, divergence=divergence,
+                                     validation=validation)
+
+    async def _tie_break(self, ctx: JobContext, *, task_id: int, subtask_id: int, category: str, prompt: str,
+                         executor: Candidate, validator: Candidate, execution: dict[str, Any], answer: str,
+                         reference: str, verdict: Verdict, divergence: Divergence,
+                         validation: dict[str, Any]) -> dict[str, Any]:
+        """A third model judges executor vs validator twice, positions swapped; a flip is a tie."""
+        await self._set_status(subtask_id, SubtaskStatus.TIEBREAKING)
+        judge_data = await ctx.step("select.tiebreaker", lambda: self._choose(
+            category=category, exclude=(executor.key, validator.key), diverse_from=(executor, validator),
+            prefer=None))
+        outcome: str
+        tiebreak: dict[str, Any] = {}
+        judge: Candidate | None = None
+        if judge_data is None:
+            outcome, tiebreak["reason"] = "tie", "no third model is available to break the tie"
+        else:
+            judge = _candidate(judge_data)
+            self._log_choice(task_id, subtask_id, "tiebreaker", judge_data)
+            self._publish("subtask.tiebreak", task_id, {"subtask_id": subtask_id, "judge": judge.key})
+            first = await ctx.step("judge.executor_first", lambda: self._judge(
+                task_id=task_id, subtask_id=subtask_id, judge=judge, prompt=prompt, first=answer, second=reference))
+            second = await ctx.step("judge.validator_first", lambda: self._judge(
+                task_id=task_id, subtask_id=subtask_id, judge=judge, prompt=prompt, first=reference, second=answer))
+            picks = (_pick(first.get("winner"), executor_is="A"), _pick(second.get("winner"), executor_is="B"))
+            outcome = picks[0] if picks[0] == picks[1] else "tie"
+            tiebreak = {"judge": judge.key, "judge_model_id": judge.model_id, "executor_first": first,
+                        "validator_first": second, "picks": list(picks)}
+            if picks[0] != picks[1]:
+                tiebreak["reason"] = "the two judgements disagree when the order is swapped (position bias)"
+        policy = self._settings.tie_policy
+        needs_decision = False
+        if outcome == "tie":
+            if policy == "prefer_validator":
+                outcome = "validator"
+            elif policy == "escalate":
+                needs_decision = True
+            else:
+                outcome = "executor"
+            tiebreak["policy"] = policy
+        tiebreak["outcome"] = outcome
+        validation.update(tiebreak=tiebreak, disputed=needs_decision or tiebreak.get("policy") is not None,
+                          needs_decision=needs_decision)
+        final = reference if outcome == "validator" else answer
+        self._publish("subtask.tiebroken", task_id, {"subtask_id": subtask_id, "outcome": outcome,
+                                                     "needs_decision": needs_decision})
+        return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
+                                          executor=executor, execution=execution, final=final,
+                                          validation=validation, verdict=verdict, validator=validator,
+                                          divergence=divergence, judge=judge, outcome=outcome,
+                                          waiting=needs_decision)
+
+    async def _finish_subtask(self, ctx: JobContext, *, task_id: int, subtask_id: int, category: str,
+                              executor: Candidate, execution: dict[str, Any], final: str,
+                              validation: dict[str, Any], verdict: Verdict | None = None,
+                              validator: Candidate | None = None, divergence: Divergence | None = None,
+                              judge: Candidate | None = None, outcome: str | None = None,
+                              waiting: bool = False) -> dict[str, Any]:
+        """Subtask row, quality metrics and dependants' jobs, written with the job's success."""
+        threshold = self._settings.threshold_for(category)
+        executor_ok = outcome == "executor" or (outcome is None and (divergence is None or divergence.pct <= threshold))
+        outcomes = [Outcome(model_id=executor.model_id, category=category, succeeded=executor_ok,
+                            duration_ms=float(execution.get("latency_ms") or 0.0),
+                            validation_score=verdict.score if verdict else None,
+                            tiebreak=_tiebreak_result(outcome, side="executor"))]
+        if validator is not None and outcome in ("executor", "validator"):
+            outcomes.append(Outcome(model_id=validator.model_id, category=category,
+                                    tiebreak=_tiebreak_result(outcome, side="validator")))
+
+        async def write(session: AsyncSession) -> None:
+            subtask = await session.get(Subtask, subtask_id)
+            if subtask is None or subtask.status == SubtaskStatus.CANCELLED:
+                return
+            subtask.result = final
+            subtask.validation = validation
+            subtask.validation_score = verdict.score if verdict else None
+            subtask.divergence_pct = round(divergence.pct, 2) if divergence else None
+            subtask.executor_model_id = executor.model_id
+            subtask.validator_model_id = validator.model_id if validator else None
+            subtask.tiebreaker_model_id = judge.model_id if judge else None
+            if waiting:
+                subtask.status = SubtaskStatus.TIEBREAKING
+            else:
+                subtask.status = SubtaskStatus.COMPLETED
+                subtask.finished_at = utcnow()
+            await record_outcomes(session, outcomes)
+            if not waiting:
+                await self._schedule_after(session, subtask)
+
+        ctx.on_commit(write)
+        self._publish("subtask.done", task_id, {
+            "subtask_id": subtask_id, "status": "waiting" if waiting else "completed",
+            "validation": validation.get("status"), "divergence_pct": round(divergence.pct, 1) if divergence else None,
+        })
+        return {"subtask_id": subtask_id, "outcome": outcome or validation.get("status")}
+
+    # -- finishing ----------------------------------------------------------------------------
+
+    async def _finish_job(self, ctx: JobContext) -> dict[str, Any]:
+        task_id = int(ctx.payload["task_id"])
+        async with self._sessions() as session:
+            task = await session.get(Task, task_id)
+            if task is None or task.status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.FAILED):
+                return {"skipped": "task already ended"}
+            subtasks = list((await session.scalars(
+                select(Subtask).where(Subtask.task_id == task_id).order_by(Subtask.seq))).all())
+            request_text = f"{task.title}\n\n{task.description}".strip()
+        if len(subtasks) == 1:
+            final = subtasks[0].result or ""
+        else:
+            merged = await ctx.step("synthesis", lambda: self._synthesise(task_id, request_text, subtasks))
+            final = str(merged["text"])
+
+        async def write(session: AsyncSession) -> None:
+            task = await session.get(Task, task_id)
+            if task is None or task.status == TaskStatus.CANCELLED:
+                return
+            task.result = final
+            task.status = TaskStatus.COMPLETED
+            task.finished_at = utcnow()
+
+        ctx.on_commit(write)
+        self._publish("task.done", task_id, {"result": final})
+        return {"task_id": task_id, "chars": len(final)}
+
+    async def _synthesise(self, task_id: int, request_text: str, subtasks: list[Subtask]) -> dict[str, Any]:
+        """A writer model merges the subtasks' results; if none can, the results are joined in order."""
+        sections = "\n\n".join(f"## {s.seq}. {s.title}\n\n{s.result or ''}" for s in subtasks)
+        async with self._sessions() as session:
+            writer = await role_prompt(session, AiRole.WRITER)
+            choice = await self._selector.choose(session, category="writing", prefer_model_id=writer.preferred_model_id)
+        if choice is None:
+            return {"text": sections, "merged_by": None}
+        messages = [ChatMessage("system", writer.system_prompt),
+                    ChatMessage("user", f"Request:\n{request_text}\n\nThe work was done in parts:\n\n{sections}\n\n"
+                                        "Write the complete final answer to the request from these parts. Keep "
+                                        "every fact, number and piece of code; remove repetition; add nothing new.")]
+        try:
+            result = await self._call(task_id=task_id, subtask_id=None, event="synthesis", choice=choice,
+                                      request=ChatRequest(model=choice.candidate.key, messages=messages,
+                                                          temperature=writer.temperature))
+        except ProviderError as err:  # expected: the parts themselves are the answer, joined in order
+            log.warning("synthesis failed; joining the parts", task_id=task_id, error=str(err))
+            return {"text": sections, "merged_by": None}
+        return {"text": result.text or sections, "merged_by": choice.candidate.key}
+
+    # -- model calls --------------------------------------------------------------------------
+
+    async def _choose(self, *, category: str, exclude: tuple[str, ...], diverse_from: tuple[Candidate, ...],
+                      prefer: int | None) -> dict[str, Any] | None:
+        async with self._sessions() as session:
+            candidates = await load_candidates(session, router=self._router)
+            choice = await self._selector.choose(session, category=category, exclude=exclude,
+                                                 diverse_from=diverse_from, prefer_model_id=prefer,
+                                                 candidates=candidates)
+        return None if choice is None else choice.as_dict() | {"provider_id": choice.candidate.provider_id,
+                                                               "is_local": choice.candidate.is_local,
+                                                               "is_loaded": choice.candidate.is_loaded}
+
+    async def _execute(self, ctx: JobContext, *, task_id: int, subtask_id: int, executor: Candidate, system: str,
+                       prompt: str, temperature: float, max_tokens: int | None) -> dict[str, Any]:
+        """Stream the executor's full answer, checkpointing it; a resumed attempt continues from it."""
+        partial = str(ctx.partial("output", "") or "")
+        request = ChatRequest(model=executor.key, messages=[ChatMessage("system", system), ChatMessage("user", prompt)],
+                              temperature=temperature, max_tokens=max_tokens or self._settings.execute_max_tokens,
+                              continue_from=partial or None)
+        text = partial
+        last_saved, saved_len = time.monotonic(), len(partial)
+        started = time.monotonic()
+        usage: dict[str, Any] = {}
+        if partial:
+            self._publish("subtask.resumed", task_id, {"subtask_id": subtask_id, "chars": len(partial)})
+        async for delta in self._router.stream_chat(request):
+            if delta.text:
+                text += delta.text
+                self._publish("subtask.token", task_id, {"subtask_id": subtask_id, "text": delta.text})
+            if delta.done and delta.usage is not None:
+                usage = {"prompt_tokens": delta.usage.prompt_tokens, "completion_tokens": delta.usage.completion_tokens}
+            now = time.monotonic()
+            if len(text) > saved_len and (now - last_saved >= self._settings.checkpoint_interval_s
+                                          or len(text) - saved_len >= 4000):
+                await ctx.checkpoint("output", text)
+                last_saved, saved_len = now, len(text)
+        latency_ms = (time.monotonic() - started) * 1000
+        if not text.strip():
+            raise ProviderError(f"{executor.key} returned an empty answer")
+        await self._log(task_id, subtask_id, _choice_like(executor), "execute", prompt=prompt, response=text,
+                        latency_ms=latency_ms, tokens=usage, details={"resumed_from_chars": len(partial)})
+        return {"text": text, "latency_ms": latency_ms, "usage": usage, "model": executor.key}
+
+    async def _text_call(self, *, task_id: int, subtask_id: int | None, event: str, candidate: Candidate,
+                         messages: list[ChatMessage], temperature: float, max_tokens: int | None) -> dict[str, Any]:
+        result = await self._call(task_id=task_id, subtask_id=subtask_id, event=event, choice=_choice_like(candidate),
+                                  request=ChatRequest(model=candidate.key, messages=messages, temperature=temperature,
+                                                      max_tokens=max_tokens or self._settings.execute_max_tokens))
+        return {"text": result.text, "latency_ms": result.latency_ms}
+
+    async def _verdict(self, *, task_id: int, subtask_id: int, validator: Candidate, prompt: str,
+                       answer: str) -> dict[str, Any]:
+        """The validator's structured verdict; malformed twice means unvalidated, with that reason."""
+        async with self._sessions() as session:
+            reviewer = await role_prompt(session, AiRole.REVIEWER)
+        messages = [ChatMessage("system", reviewer.system_prompt),
+                    ChatMessage("user", f"{prompt}\n\n--- ANSWER TO REVIEW ---\n{answer}\n--- END ---\n\n"
+                                        "Review the answer critically against the subtask. Reply with JSON: "
+                                        '{"score": 0-100, "decision": "approve"|"revise"|"reject", '
+                                        '"issues": ["concrete problem", ...], "summary": "one paragraph"}')]
+        problems = []
+        for _ in range(2):
+            result = await self._call(task_id=task_id, subtask_id=subtask_id, event="verdict",
+                                      choice=_choice_like(validator),
+                                      request=ChatRequest(model=validator.key, messages=messages,
+                                                          json_schema=json_schema(Verdict), temperature=0.0))
+            try:
+                return parse_output(Verdict, result.text).model_dump()
+            except MalformedOutputError as err:
+                problems.append(err.detail)
+                messages = [*messages, ChatMessage("assistant", result.text[:8000]),
+                            ChatMessage("user", f"That verdict is invalid: {err.detail}. Reply with only the JSON.")]
+        return {"error": f"the validator {validator.key} returned no valid verdict: {'; '.join(problems)}"[:2000]}
+
+    async def _judge(self, *, task_id: int, subtask_id: int, judge: Candidate, prompt: str, first: str,
+                     second: str) -> dict[str, Any]:
+        async with self._sessions() as session:
+            tiebreaker = await role_prompt(session, AiRole.TIEBREAKER)
+        messages = [ChatMessage("system", tiebreaker.system_prompt),
+                    ChatMessage("user", f"{prompt}\n\n--- ANSWER A ---\n{first}\n--- ANSWER B ---\n{second}\n"
+                                        '--- END ---\n\nWhich answer is more correct and complete? Reply with JSON: '
+                                        '{"winner": "A"|"B"|"tie", "reason": "..."}')]
+        for _ in range(2):
+            result = await self._call(task_id=task_id, subtask_id=subtask_id, event="judge", choice=_choice_like(judge),
+                                      request=ChatRequest(model=judge.key, messages=messages,
+                                                          json_schema=json_schema(Judgement), temperature=0.0))
+            try:
+                return parse_output(Judgement, result.text).model_dump()
+            except MalformedOutputError as err:
+                messages = [*messages, ChatMessage("assistant", result.text[:8000]),
+                            ChatMessage("user", f"Invalid: {err.detail}. Reply with only the JSON.")]
+        return {"winner": "tie", "reason": "the judge returned no valid judgement"}
+
+    async def _call(self, *, task_id: int, subtask_id: int | None, event: str, choice: Choice,
+                    request: ChatRequest) -> ChatResult:
+        """One routed call, logged with prompt, answer, tokens and timing."""
+        prompt = "\n\n".join(f"[{m.role}] {m.content}" for m in request.messages)
+        try:
+            result = await self._router.chat(request)
+        except ProviderError as err:
+            await self._log(task_id, subtask_id, choice, f"{event}.failed", level=LogLevel.ERROR, prompt=prompt,
+                            details={"error": str(err)})
+            raise
+        await self._log(task_id, subtask_id, choice, event, prompt=prompt, response=result.text,
+                        latency_ms=result.latency_ms,
+                        tokens={"prompt_tokens": result.usage.prompt_tokens,
+                                "completion_tokens": result.usage.completion_tokens},
+                        details={"provider": result.provider, "ttft_ms": result.time_to_first_token_ms})
+        return result
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    async def _save_result(self, subtask_id: int, answer: str, executor_model_id: int) -> None:
+        """The executor's answer is stored before validation starts (nothing after can lose it)."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(update(Subtask).where(Subtask.id == subtask_id).values(
+                result=answer, executor_model_id=executor_model_id, status=SubtaskStatus.VALIDATING))
+
+    async def _set_status(self, subtask_id: int, status: SubtaskStatus) -> None:
+        async with self._sessions() as session, session.begin():
+            await session.execute(update(Subtask).where(Subtask.id == subtask_id).values(status=status))
+
+    async def _enqueue_ready(self, session: AsyncSession, task_id: int, subtasks: list[Subtask]) -> None:
+        done = {s.seq for s in subtasks if s.status == SubtaskStatus.COMPLETED}
+        ready = [s for s in subtasks if s.status == SubtaskStatus.PENDING and set(s.depends_on) <= done]
+        specs = [JobSpec(kind=KIND_SUBTASK, idempotency_key=f"subtask:{s.id}:run", payload={"subtask_id": s.id},
+                         priority=s.priority, task_id=task_id, subtask_id=s.id,
+                         max_attempts=self._settings.max_attempts, timeout_s=self._settings.subtask_timeout_s)
+                 for s in ready]
+        for subtask in ready:
+            subtask.status = SubtaskStatus.QUEUED
+        if all(s.status in TERMINAL_SUBTASK for s in subtasks):
+            specs.append(JobSpec(kind=KIND_FINISH, idempotency_key=f"task:{task_id}:finish",
+                                 payload={"task_id": task_id}, task_id=task_id,
+                                 max_attempts=self._settings.max_attempts))
+        if specs:
+            await self._queue.enqueue_in(session, specs)
+
+    async def _schedule_after(self, session: AsyncSession, finished: Subtask) -> None:
+        siblings = list((await session.scalars(select(Subtask).where(Subtask.task_id == finished.task_id))).all())
+        await self._enqueue_ready(session, finished.task_id, siblings)
+
+    async def _fail_task(self, task_id: int, reason: str) -> None:
+        async with self._sessions() as session, session.begin():
+            task = await session.get(Task, task_id)
+            if task is None or task.status in (TaskStatus.CANCELLED, TaskStatus.COMPLETED):
+                return
+            task.status = TaskStatus.FAILED
+            task.error = reason[:4000]
+            task.finished_at = utcnow()
+        self._publish("task.failed", task_id, {"error": reason})
+
+    async def _job_dead(self, event: QueueEvent) -> None:
+        job = await self._queue.get(event.job_id)
+        reason = f"{event.kind} gave up after {event.attempt} attempts: {job.error or event.detail}"
+        if job.task_id is None:
+            return
+        if job.subtask_id is not None:
+            async with self._sessions() as session, session.begin():
+                await session.execute(update(Subtask).where(Subtask.id == job.subtask_id).values(
+                    status=SubtaskStatus.FAILED, error=reason[:4000], finished_at=utcnow()))
+        await self._fail_task(job.task_id, reason)
+
+    def _log_choice(self, task_id: int, subtask_id: int | None, role: str, choice: Choice | dict[str, Any]) -> None:
+        reason = choice.reason if isinstance(choice, Choice) else str(choice.get("reason"))
+        log.info("model chosen", task_id=task_id, subtask_id=subtask_id, role=role, reason=reason)
+
+    async def _log(self, task_id: int, subtask_id: int | None, choice: Choice, event: str, *,
+                   level: LogLevel = LogLevel.INFO, prompt: str | None = None, response: str | None = None,
+                   latency_ms: float | None = None, tokens: dict[str, Any] | None = None,
+                   details: dict[str, Any] | None = None) -> None:
+        """One row of execution_logs, secrets redacted; logging never fails the work."""
+        tokens = tokens or {}
+        row = ExecutionLog(
+            task_id=task_id, subtask_id=subtask_id, model_id=choice.candidate.model_id,
+            provider_id=choice.candidate.provider_id, level=level, event=event[:64],
+            prompt=redact_text(prompt[:MAX_LOGGED_CHARS]) if prompt else None,
+            response=redact_text(response[:MAX_LOGGED_CHARS]) if response else None,
+            prompt_tokens=tokens.get("prompt_tokens"), completion_tokens=tokens.get("completion_tokens"),
+            latency_ms=int(latency_ms) if latency_ms is not None else None,
+            details=json.loads(json.dumps({"model": choice.candidate.key, **(details or {})}, default=str)),
+        )
+        try:
+            async with self._sessions() as session, session.begin():
+                session.add(row)
+        except Exception:  # boundary: a failed log write is reported, the model's work is kept
+            log.exception("could not write an execution log row", task_id=task_id, event_name=event)
+
+    def _publish(self, kind: str, task_id: int, payload: dict[str, Any]) -> None:
+        if self._bus is not None:
+            self._bus.publish(Event(topic="task", kind=kind, task_id=task_id, payload=payload))
+
+
+def _candidate(data: dict[str, Any]) -> Candidate:
+    return Candidate(model_id=int(data["model_id"]), key=str(data["key"]), family=str(data["family"]),
+                     provider_id=int(data["provider_id"]), provider_name=str(data["provider"]),
+                     is_local=bool(data["is_local"]), is_loaded=bool(data["is_loaded"]))
+
+
+def _choice_like(candidate: Candidate) -> Choice:
+    return Choice(candidate=candidate, score=0.0, reason="")
+
+
+def _tiebreak_result(outcome: str | None, *, side: str) -> Literal["won", "lost"] | None:
+    """Whether `side` won or lost a decided tie-break (None when there was none or it tied)."""
+    if outcome not in ("executor", "validator"):
+        return None
+    return "won" if outcome == side else "lost"
+
+
+def _pick(winner: Any, *, executor_is: str) -> str:
+    """Map a judgement's A/B/tie to executor/validator/tie given where the executor was shown."""
+    if winner not in ("A", "B"):
+        return "tie"
+    return "executor" if winner == executor_is else "validator"
+
+
+def _plan_request(request_text: str) -> str:
+    return (
+        f"Split this task into subtasks.\n\nTASK:\n{request_text}\n\n"
+        "Reply with only a JSON object: {\"subtasks\": [{\"id\": 1, \"title\": \"...\", \"description\": "
+        "\"what to do, in full\", \"category\": \"code|reasoning|research|writing|summarise|translate|extract|"
+        "chat|analysis\", \"depends_on\": [ids that must finish first], \"priority\": 0, \"expected_output\": "
+        "\"...\"}]}. A simple task is one subtask."
+    )
+
+
+def _subtask_prompt(task: Task, subtask: Subtask, context: str) -> str:
+    parts = [f"Overall task: {task.title}"]
+    if task.description:
+        parts.append(task.description)
+    parts.append(f"Your subtask ({subtask.seq}): {subtask.title}\n{subtask.description}")
+    if subtask.expected_output:
+        parts.append(f"Expected output: {subtask.expected_output}")
+    if context:
+        parts.append(f"Results of the subtasks this one depends on:\n{context}")
+    parts.append("Do the subtask completely. Do not summarise or skip parts.")
+    return "\n\n".join(parts)
+
+
+async def _dependency_context(session: AsyncSession, subtask: Subtask) -> str:
+    if not subtask.depends_on:
+        return ""
+    rows = await session.scalars(select(Subtask).where(Subtask.task_id == subtask.task_id,
+                                                       Subtask.seq.in_(list(subtask.depends_on))).order_by(Subtask.seq))
+    return "\n\n".join(f"[{row.seq}. {row.title}]\n{row.result or ''}" for row in rows)

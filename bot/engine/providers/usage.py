@@ -1,0 +1,81 @@
+"""Writes each model call's tokens and cost into `credit_usage` (the router's `on_call` hook).
+
+Cost comes from the provider row's settings, per model or as a default, in currency units per
+million tokens:
+
+    {"prices": {"gpt-4o-mini": {"prompt_per_mtok": "0.15", "completion_per_mtok": "0.60"},
+                "*": {"prompt_per_mtok": "1", "completion_per_mtok": "2"}},
+     "currency": "USD"}
+
+A model without a price costs 0 (local servers are free to call); tokens are recorded anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.db.models import AiModel, AiProvider, CreditUsage
+from bot.engine.providers.router import CallRecord
+
+MILLION = Decimal(1_000_000)
+
+
+def call_cost(settings: Mapping[str, Any], model: str, *, prompt_tokens: int, completion_tokens: int) -> Decimal:
+    """Price of one call from a provider's `settings` (0 when no price is configured)."""
+    prices = settings.get("prices") if isinstance(settings, Mapping) else None
+    if not isinstance(prices, Mapping):
+        return Decimal(0)
+    price = prices.get(model, prices.get("*"))
+    if not isinstance(price, Mapping):
+        return Decimal(0)
+    try:
+        prompt_rate = Decimal(str(price.get("prompt_per_mtok", 0)))
+        completion_rate = Decimal(str(price.get("completion_per_mtok", 0)))
+    except InvalidOperation:
+        return Decimal(0)
+    cost = (prompt_rate * prompt_tokens + completion_rate * completion_tokens) / MILLION
+    return cost.quantize(Decimal("0.000001"))
+
+
+@dataclass
+class CreditRecorder:
+    """A router hook that stores one `credit_usage` row per answered call."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    task_id: int | None = None
+    subtask_id: int | None = None
+
+    async def __call__(self, record: CallRecord) -> None:
+        """Record `record` if it consumed tokens (failed attempts without usage are skipped)."""
+        prompt = record.usage.prompt_tokens or 0
+        completion = record.usage.completion_tokens or 0
+        if not record.ok and not (prompt or completion):
+            return
+        async with self.sessions() as session, session.begin():
+            provider = await session.scalar(select(AiProvider).where(AiProvider.name == record.provider))
+            model_id = None
+            settings: Mapping[str, Any] = {}
+            if provider is not None:
+                settings = provider.settings or {}
+                model_id = await session.scalar(
+                    select(AiModel.id).where(AiModel.provider_id == provider.id, AiModel.model_key == record.model)
+                )
+            currency = settings.get("currency", "USD") if isinstance(settings.get("currency"), str) else "USD"
+            session.add(
+                CreditUsage(
+                    provider_id=provider.id if provider is not None else None,
+                    model_id=model_id,
+                    task_id=self.task_id,
+                    subtask_id=self.subtask_id,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    cost=call_cost(settings, record.model, prompt_tokens=prompt, completion_tokens=completion),
+                    currency=currency[:8],
+                )
+            )

@@ -1,0 +1,63 @@
+"""The durable job queue: tasks' work as database state machines that survive crashes.
+
+`JobQueue` holds every state change (enqueue, claim, heartbeat, checkpoint, complete, fail,
+reclaim, cancel), each a short transaction, fenced so a result is written exactly once. `Worker`
+runs leased jobs concurrently (default 5) with per-provider limits, heartbeats and graceful drain.
+See docs/queue.md for the states and guarantees.
+
+Errors (rooted at bot.errors.OrchestratorError):
+
+    QueueError
+    ├── LeaseLostError       this attempt no longer owns the job; it must stop writing
+    ├── PermanentJobError    a handler's verdict that retrying cannot help (dead-letter now)
+    ├── JobPayloadError      a job or checkpoint could not be stored as given
+    └── UnknownJobError      no job has that id
+"""
+
+from bot.engine.queue.errors import (
+    JobPayloadError,
+    LeaseLostError,
+    PermanentJobError,
+    QueueError,
+    UnknownJobError,
+)
+from bot.engine.queue.store import (
+    Checkpoint,
+    ClaimedJob,
+    CommitHook,
+    JobQueue,
+    JobSpec,
+    JobView,
+    Lease,
+    ReclaimReport,
+)
+from bot.engine.queue.worker import (
+    DEFAULT_CONCURRENCY,
+    Handler,
+    JobContext,
+    QueueEvent,
+    Worker,
+    default_worker_id,
+)
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "Checkpoint",
+    "ClaimedJob",
+    "CommitHook",
+    "Handler",
+    "JobContext",
+    "JobPayloadError",
+    "JobQueue",
+    "JobSpec",
+    "JobView",
+    "Lease",
+    "LeaseLostError",
+    "PermanentJobError",
+    "QueueError",
+    "QueueEvent",
+    "ReclaimReport",
+    "UnknownJobError",
+    "Worker",
+    "default_worker_id",
+]

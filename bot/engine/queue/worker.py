@@ -1,0 +1,375 @@
+"""Worker: runs leased jobs concurrently, keeps their leases alive, and records every outcome.
+
+One worker per daemon. It claims only when it has free slots (default 5), most urgent first, never
+more than a provider's limit at once; heartbeats extend its leases, and a job whose lease is lost
+(reclaimed after a stall, or cancelled) is cancelled locally so two attempts never both finish.
+Handlers are at-least-once: after a crash the next attempt starts again, but with the checkpoints
+and finished steps of the previous one, and only one attempt's result is ever recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+
+from bot.db.models.queue import CHECKPOINT_STEP, JOB_DEAD
+from bot.engine.queue.errors import LeaseLostError, PermanentJobError
+from bot.engine.queue.store import ClaimedJob, CommitHook, JobQueue
+from bot.logs import get_logger
+
+log = get_logger(__name__)
+
+Handler = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
+Admission = Callable[[], bool]
+DEFAULT_CONCURRENCY = 5
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEvent:
+    """Something that happened to a job, for the engine's event stream and metrics."""
+
+    name: str  # claimed | succeeded | retrying | dead | lease_lost | released | stale_result
+    job_id: int
+    kind: str
+    worker_id: str
+    attempt: int
+    detail: str = ""
+
+
+EventCallback = Callable[[QueueEvent], None]
+
+
+@dataclass(slots=True)
+class JobContext:
+    """What a handler sees: the job, its saved progress, and durable ways to save more."""
+
+    job: ClaimedJob
+    queue: JobQueue
+    partials: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, Any] = field(default_factory=dict)
+    commit_hooks: list[CommitHook] = field(default_factory=list)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The job's input."""
+        return self.job.payload
+
+    @property
+    def resumed(self) -> bool:
+        """Whether an earlier attempt left progress behind."""
+        return bool(self.partials or self.steps)
+
+    def partial(self, key: str, default: Any = None) -> Any:
+        """The last checkpointed value under `key` (e.g. streamed output so far)."""
+        return self.partials.get(key, default)
+
+    async def checkpoint(self, key: str, data: Any) -> None:
+        """Save progress durably; raises LeaseLostError if this attempt no longer owns the job."""
+        await self.queue.checkpoint(self.job.lease, key, data)
+        self.partials[key] = data
+
+    async def step(self, key: str, run: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a step once per job: a step finished by any attempt returns its stored result."""
+        if key in self.steps:
+            return self.steps[key]
+        value = await run()
+        stored = await self.queue.record_step(self.job.lease, key, value)
+        self.steps[key] = stored
+        return stored
+
+    def on_commit(self, hook: CommitHook) -> None:
+        """Write the caller's own rows in the transaction that records success (exactly once)."""
+        self.commit_hooks.append(hook)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def default_worker_id() -> str:
+    """host:pid:random — unique per process, so a restarted daemon never reuses a lease owner."""
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """Claims and runs jobs of the kinds it has handlers for until stopped."""
+
+    def __init__(
+        self,
+        *,
+        queue: JobQueue,
+        handlers: Mapping[str, Handler],
+        worker_id: str | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        provider_limits: Mapping[str, int] | None = None,
+        heartbeat_s: float | None = None,
+        reclaim_s: float | None = None,
+        poll_s: float = 0.5,
+        admission: Admission | None = None,
+        on_event: EventCallback | None = None,
+        recover_local_dead_workers: bool = True,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if not handlers:
+            raise ValueError("a worker needs at least one handler")
+        self.queue = queue
+        self.handlers = dict(handlers)
+        self.worker_id = worker_id or default_worker_id()
+        self.concurrency = concurrency
+        self.provider_limits = dict(provider_limits or {})
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else queue.lease_s / 3
+        self.reclaim_s = reclaim_s if reclaim_s is not None else queue.lease_s / 2
+        self.poll_s = poll_s
+        self.admission = admission
+        self.on_event = on_event
+        self.recover_local_dead_workers = recover_local_dead_workers
+        self._inflight: dict[int, tuple[ClaimedJob, asyncio.Task[None]]] = {}
+        self._lost: set[int] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._draining_release = False
+        self._drain_timeout_s = 30.0
+        self._started = False
+        self.completed = 0
+
+    # -- public control ----------------------------------------------------------------------
+
+    @property
+    def running_jobs(self) -> list[ClaimedJob]:
+        """Jobs this worker is running right now."""
+        return [job for job, _task in self._inflight.values()]
+
+    def wake(self) -> None:
+        """Look for work now instead of at the next poll (e.g. right after enqueuing locally)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and run jobs until `stop()`; returns after in-flight jobs drained."""
+        self._started = True
+        await self.queue.register_worker(
+            self.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            concurrency=self.concurrency,
+        )
+        if self.recover_local_dead_workers:
+            await self._recover_dead_local_workers()
+        await self.queue.reclaim_expired()
+        keeper = asyncio.create_task(self._keep_leases(), name=f"queue-leases-{self.worker_id}")
+        try:
+            await self._claim_loop()
+        finally:
+            try:
+                await self._drain()
+            finally:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+                with contextlib.suppress(DBAPIError, OSError):
+                    await self.queue.worker_stopped(self.worker_id)
+                self._stopped.set()
+
+    async def _recover_dead_local_workers(self) -> None:
+        """Take back at once the leases of workers on this host whose process is gone.
+
+        A daemon restarted after a crash would otherwise wait a full lease for its own jobs. A pid
+        reused by another process only means we wait for expiry as usual; a same-named host
+        elsewhere could cause an early, duplicate attempt, which fencing keeps harmless.
+        """
+        hostname = socket.gethostname()
+        for worker_id, pid in await self.queue.live_workers_on(hostname):
+            if worker_id == self.worker_id or _process_alive(pid):
+                continue
+            report = await self.queue.reclaim_worker(
+                worker_id, reason=f"worker {worker_id} died (process {pid} is gone)"
+            )
+            log.info(
+                "queue.recovered_dead_worker",
+                dead_worker=worker_id,
+                requeued=len(report.requeued),
+                dead=len(report.dead),
+            )
+
+    async def stop(self, *, drain_timeout_s: float = 30.0) -> None:
+        """Stop claiming, let running jobs finish for up to `drain_timeout_s`, hand back the rest."""
+        self._drain_timeout_s = drain_timeout_s
+        self._stopping = True
+        self._wake.set()
+        if self._started:
+            await self._stopped.wait()
+
+    # -- loops -------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        kinds = sorted(self.handlers)
+        while not self._stopping:
+            self._wake.clear()
+            free = self.concurrency - len(self._inflight)
+            admitted = self.admission is None or self.admission()
+            claimed: list[ClaimedJob] = []
+            if free > 0 and admitted:
+                try:
+                    claimed = await self.queue.claim(
+                        self.worker_id, limit=free, kinds=kinds, provider_slots=self._provider_slots()
+                    )
+                except (DBAPIError, OSError) as err:
+                    # Expected when the database restarts or is busy: log, wait, try again.
+                    log.warning("queue.claim_failed", worker=self.worker_id, error=str(err))
+                for job in claimed:
+                    self._start(job)
+            if claimed and len(claimed) == free:
+                continue  # maybe more work waiting: claim again as soon as a slot frees
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+
+    def _provider_slots(self) -> dict[str, int]:
+        if not self.provider_limits:
+            return {}
+        running = Counter(job.provider for job, _task in self._inflight.values())
+        return {provider: limit - running.get(provider, 0) for provider, limit in self.provider_limits.items()}
+
+    async def _keep_leases(self) -> None:
+        last_reclaim = time.monotonic()
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                leases = [job.lease for job, _task in self._inflight.values()]
+                lost = await self.queue.heartbeat(self.worker_id, leases)
+                for job_id in lost:
+                    entry = self._inflight.get(job_id)
+                    if entry is not None and not entry[1].done():
+                        self._lost.add(job_id)
+                        entry[1].cancel()
+                if time.monotonic() - last_reclaim >= self.reclaim_s:
+                    last_reclaim = time.monotonic()
+                    report = await self.queue.reclaim_expired()
+                    if report.requeued or report.dead:
+                        log.info(
+                            "queue.reclaimed",
+                            requeued=len(report.requeued),
+                            dead=len(report.dead),
+                        )
+                        self._wake.set()
+            except (DBAPIError, OSError) as err:
+                # Expected while the database is unreachable; leases may expire meanwhile and the
+                # fencing makes that safe.
+                log.warning("queue.heartbeat_failed", worker=self.worker_id, error=str(err))
+
+    async def _drain(self) -> None:
+        pending = [task for _job, task in self._inflight.values()]
+        if not pending:
+            return
+        _done, still_running = await asyncio.wait(pending, timeout=self._drain_timeout_s)
+        if still_running:
+            self._draining_release = True
+            for task in still_running:
+                task.cancel()
+            await asyncio.wait(still_running)
+
+    # -- one job -----------------------------------------------------------------------------
+
+    def _start(self, job: ClaimedJob) -> None:
+        task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
+        self._inflight[job.id] = (job, task)
+        self._emit("claimed", job)
+
+    async def _run_job(self, job: ClaimedJob) -> None:
+        try:
+            await self._execute(job)
+        finally:
+            self._inflight.pop(job.id, None)
+            self._lost.discard(job.id)
+            self._wake.set()
+
+    async def _execute(self, job: ClaimedJob) -> None:
+        context = JobContext(job=job, queue=self.queue)
+        deadline = asyncio.timeout(job.timeout_s)
+        try:
+            if job.fence > 1:  # an earlier attempt may have left progress behind
+                for key, saved in (await self.queue.checkpoints(job.id)).items():
+                    target = context.steps if saved.kind == CHECKPOINT_STEP else context.partials
+                    target[key] = saved.data
+            async with deadline:
+                result = await self.handlers[job.kind](context)
+        except asyncio.CancelledError:
+            if job.id in self._lost:
+                self._emit("lease_lost", job)
+                return  # another attempt owns the job now; nothing of ours may be written
+            if self._draining_release:
+                await asyncio.shield(self.queue.release(job.lease))
+                self._emit("released", job)
+                return
+            raise
+        except LeaseLostError as err:
+            self._emit("lease_lost", job, str(err))
+            return
+        except TimeoutError as err:
+            cause = f"timed out after {job.timeout_s} s" if deadline.expired() else repr(err)
+            await self._record_failure(job, cause, retry=True)
+            return
+        except PermanentJobError as err:
+            await self._record_failure(job, str(err), retry=False)
+            return
+        except Exception as err:
+            # The job-runner boundary: a handler's bug or a peer's failure must not take the
+            # worker down; the attempt is recorded as failed (retried with backoff) with its cause.
+            log.exception("queue.handler_failed", job_id=job.id, kind=job.kind)
+            await self._record_failure(job, f"{type(err).__name__}: {err}", retry=True)
+            return
+        if await self._complete(job, result, context.commit_hooks):
+            self.completed += 1
+            self._emit("succeeded", job)
+        else:
+            self._emit("stale_result", job, "lease lost before the result was recorded")
+
+    async def _complete(self, job: ClaimedJob, result: dict[str, Any] | None, hooks: list[CommitHook]) -> bool:
+        # A busy or briefly unreachable database must not cost a finished job its result: retry
+        # a few times (the write is fenced, so a retry after an unseen commit is refused, not doubled).
+        for attempt in range(5):
+            try:
+                return await self.queue.complete(job.lease, result, hooks=hooks)
+            except (DBAPIError, OSError) as err:
+                if attempt == 4:
+                    raise
+                log.warning("queue.complete_retry", job_id=job.id, error=str(err))
+                await asyncio.sleep(0.1 * 2**attempt)
+        return False
+
+    async def _record_failure(self, job: ClaimedJob, error: str, *, retry: bool) -> None:
+        status = await self.queue.fail(job, error, retry=retry)
+        if status is None:
+            self._emit("lease_lost", job, error)
+        else:
+            self._emit("dead" if status == JOB_DEAD else "retrying", job, error)
+
+    def _emit(self, name: str, job: ClaimedJob, detail: str = "") -> None:
+        if self.on_event is None:
+            return
+        self.on_event(
+            QueueEvent(
+                name=name,
+                job_id=job.id,
+                kind=job.kind,
+                worker_id=self.worker_id,
+                attempt=job.attempts,
+                detail=detail,
+            )
+        )

@@ -1,0 +1,127 @@
+"""Builds the engine from the database: providers → model registry → router → queue → worker.
+
+Used by the daemon (bot/app.py) and by `orchestrator task run --wait`. When no configured LLM
+server answers, the embedded llama.cpp provider (two small models of different families) is
+added so a fresh install can still think, and the daemon says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot.db.models import AiModel, AiProvider, ProviderKind
+from bot.engine.orchestrator import Engine
+from bot.engine.providers.configured import load_providers
+from bot.engine.providers.port import LLMProvider
+from bot.engine.providers.registry import ModelRegistry
+from bot.engine.providers.router import Deployment, Router
+from bot.engine.queue import JobQueue, Worker
+from bot.events import EventBus
+from bot.logs import get_logger
+from bot.settings import Settings
+
+log = get_logger(__name__)
+EMBEDDED_PROVIDER = "embedded"
+
+
+@dataclass
+class EngineRuntime:
+    """Everything the engine needs, started and stopped together."""
+
+    settings: Settings
+    db_engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    bus: EventBus | None = None
+    worker_id: str | None = None
+    providers: dict[str, LLMProvider] = field(default_factory=dict)
+    router: Router = field(default_factory=Router)
+    registry: ModelRegistry | None = None
+    queue: JobQueue | None = None
+    engine: Engine | None = None
+    worker: Worker | None = None
+    _worker_task: asyncio.Task[None] | None = None
+    notices: list[str] = field(default_factory=list)
+
+    async def start(self, *, run_worker: bool = True) -> None:
+        """Connect providers, sync their models, and (optionally) start claiming work."""
+        await self._connect_providers()
+        self.registry = ModelRegistry(sessions=self.sessions, providers=self.providers,
+                                      on_event=self.bus.publish if self.bus else None)
+        await self.registry.sync()
+        await self.refresh_router()
+        self.queue = JobQueue(self.db_engine)
+        self.engine = Engine(session_factory=self.sessions, router=self.router, queue=self.queue,
+                             settings=self.settings.engine, bus=self.bus)
+        if run_worker:
+            limits = await self._provider_limits()
+            self.worker = Worker(queue=self.queue, handlers=self.engine.handlers, worker_id=self.worker_id,
+                                 concurrency=self.settings.engine.max_concurrency, provider_limits=limits,
+                                 on_event=self.engine.on_queue_event)
+            self._worker_task = asyncio.create_task(self.worker.run(), name="engine-worker")
+
+    async def _connect_providers(self) -> None:
+        async with self.sessions() as session:
+            configured = await load_providers(session, settings=self.settings)
+        for item in configured:
+            if item.row.kind == ProviderKind.EMBEDDED:
+                await item.client.aclose()  # started below only if no real server answers
+            else:
+                self.providers[item.row.name] = item.client
+        healthy = False
+        for name, client in self.providers.items():
+            status = await client.health()
+            log.info("provider checked", provider=name, ok=status.ok, detail=status.detail)
+            healthy = healthy or status.ok
+        if not healthy:
+            await self._add_embedded()
+
+    async def _add_embedded(self) -> None:
+        """Fall back to the built-in llama.cpp models when no configured server answers."""
+        from bot.engine.providers.embedded import EmbeddedProvider, find_models
+
+        if not find_models(models_dir=self.settings.data_dir / "models"):
+            self.notices.append("no LLM server answers and the embedded models are not installed: "
+                                "install them with scripts/run.sh or start LM Studio/Ollama")
+            return
+        async with self.sessions() as session, session.begin():
+            row = await session.scalar(select(AiProvider).where(AiProvider.name == EMBEDDED_PROVIDER))
+            if row is None:
+                session.add(AiProvider(name=EMBEDDED_PROVIDER, kind=ProviderKind.EMBEDDED, base_url="embedded://",
+                                       is_local=True, is_enabled=True, priority=-100, max_concurrency=1))
+        provider = EmbeddedProvider(name=EMBEDDED_PROVIDER, data_dir=self.settings.data_dir)
+        self.providers[EMBEDDED_PROVIDER] = provider
+        self.notices.append(provider.notice())
+        log.warning("using the embedded model", notice=provider.notice())
+
+    async def refresh_router(self) -> None:
+        """Route to every present model of every connected provider."""
+        async with self.sessions() as session:
+            rows = (await session.execute(
+                select(AiModel.model_key, AiProvider.name)
+                .join(AiProvider, AiProvider.id == AiModel.provider_id)
+                .where(AiModel.vanished_at.is_(None), AiModel.is_enabled.is_(True), AiProvider.is_enabled.is_(True))
+            )).all()
+        for model_key, provider_name in rows:
+            provider = self.providers.get(provider_name)
+            if provider is not None:
+                self.router.add(Deployment(provider=provider, model=model_key))
+
+    async def _provider_limits(self) -> dict[str, int]:
+        async with self.sessions() as session:
+            rows = (await session.execute(select(AiProvider.name, AiProvider.max_concurrency))).all()
+        return {name: limit for name, limit in rows if limit}
+
+    async def stop(self) -> None:
+        """Drain the worker, then close provider connections and the embedded server."""
+        if self.worker is not None:
+            await self.worker.stop(drain_timeout_s=min(30.0, self.settings.shutdown_timeout_s))
+        if self._worker_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker_task
+        for provider in self.providers.values():
+            await provider.aclose()

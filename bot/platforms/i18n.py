@@ -1,0 +1,338 @@
+"""Everything a person reads, in English and Brazilian Portuguese.
+
+The language is the user's (`users.language`), else the workspace default (`settings.language`),
+else English. Each catalogue entry holds both languages; a test checks that no entry lacks one
+and that every placeholder appears in both. A command's English help is its docstring; its pt-BR
+help is the entry `help.<command name>`.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from bot.logs import get_logger
+
+if TYPE_CHECKING:
+    from bot.commands.registry import CommandSpec
+
+log = get_logger("bot.platforms.i18n")
+
+LANGUAGES = ("en", "pt-BR")
+DEFAULT_LANGUAGE = "en"
+
+CATALOGUE: Mapping[str, Mapping[str, str]] = {
+    # -- access --------------------------------------------------------------------------------
+    "denied.unknown": {
+        "en": "Sorry, I don't know you yet. Ask an administrator to link your account.",
+        "pt-BR": "Desculpe, ainda não conheço você. Peça a um administrador para vincular sua conta.",
+    },
+    "denied.role": {
+        "en": "/{command} needs the {role} role; you don't have it.",
+        "pt-BR": "/{command} exige o papel {role}; você não o tem.",
+    },
+    "message.use_commands": {
+        "en": "Commands start with a slash. Type /help to see what I can do.",
+        "pt-BR": "Os comandos começam com uma barra. Digite /help para ver o que sei fazer.",
+    },
+    "error.unexpected": {
+        "en": "Something went wrong on my side. Reference: {reference}",
+        "pt-BR": "Algo deu errado do meu lado. Referência: {reference}",
+    },
+    "error.expected": {
+        "en": "Could not do that: {message}",
+        "pt-BR": "Não foi possível fazer isso: {message}",
+    },
+    # -- usage ---------------------------------------------------------------------------------
+    "usage.line": {"en": "Usage: {usage}", "pt-BR": "Uso: {usage}"},
+    "usage.unbalanced_quotes": {
+        "en": "A quote is not closed.",
+        "pt-BR": "Há uma aspa sem fechamento.",
+    },
+    "usage.too_long": {
+        "en": "That is too long (at most {limit} characters).",
+        "pt-BR": "Isso é longo demais (no máximo {limit} caracteres).",
+    },
+    "usage.unknown_command": {
+        "en": "There is no command /{name}. Type /help for the list.",
+        "pt-BR": "Não existe o comando /{name}. Digite /help para ver a lista.",
+    },
+    "usage.pick_subcommand": {
+        "en": "/{name} needs one of: {choices}.",
+        "pt-BR": "/{name} precisa de um destes: {choices}.",
+    },
+    "usage.unknown_option": {"en": "Unknown option {option}.", "pt-BR": "Opção desconhecida {option}."},
+    "usage.option_needs_value": {
+        "en": "Option {option} needs a value.",
+        "pt-BR": "A opção {option} precisa de um valor.",
+    },
+    "usage.too_many": {
+        "en": "Too many arguments (from “{extra}”).",
+        "pt-BR": "Argumentos demais (a partir de “{extra}”).",
+    },
+    "usage.missing": {"en": "Missing {param}.", "pt-BR": "Falta {param}."},
+    "usage.value_too_long": {
+        "en": "{param} is too long (at most {limit} characters).",
+        "pt-BR": "{param} é longo demais (no máximo {limit} caracteres).",
+    },
+    "usage.not_a_number": {
+        "en": "{param} must be a whole number, not “{value}”.",
+        "pt-BR": "{param} deve ser um número inteiro, não “{value}”.",
+    },
+    "usage.too_small": {
+        "en": "{param} must be at least {minimum}.",
+        "pt-BR": "{param} deve ser no mínimo {minimum}.",
+    },
+    "usage.too_large": {
+        "en": "{param} must be at most {maximum}.",
+        "pt-BR": "{param} deve ser no máximo {maximum}.",
+    },
+    "usage.bad_choice": {
+        "en": "{param} must be one of: {choices}.",
+        "pt-BR": "{param} deve ser um destes: {choices}.",
+    },
+    # -- common --------------------------------------------------------------------------------
+    "common.on": {"en": "yes", "pt-BR": "sim"},
+    "common.off": {"en": "no", "pt-BR": "não"},
+    "stream.overflow": {
+        "en": "\n… (continued in the attached file)",
+        "pt-BR": "\n… (continua no arquivo anexo)",
+    },
+    "stream.working": {"en": "Working on it…", "pt-BR": "Trabalhando nisso…"},
+    # -- /help ---------------------------------------------------------------------------------
+    "help.header": {
+        "en": "Commands you can use (role: {role}):",
+        "pt-BR": "Comandos que você pode usar (papel: {role}):",
+    },
+    "help.footer": {
+        "en": "Type /help <command> for details.",
+        "pt-BR": "Digite /help <comando> para detalhes.",
+    },
+    "help.no_such_command": {
+        "en": "There is no command /{name}.",
+        "pt-BR": "Não existe o comando /{name}.",
+    },
+    "help.required_role": {"en": "Requires: {role}", "pt-BR": "Exige: {role}"},
+    # -- /status -------------------------------------------------------------------------------
+    "status.title": {"en": "Orchestrator status", "pt-BR": "Estado do orquestrador"},
+    "status.tasks": {"en": "Active tasks", "pt-BR": "Tarefas ativas"},
+    "status.subtasks": {"en": "Active subtasks", "pt-BR": "Subtarefas ativas"},
+    "status.models_loaded": {"en": "Models loaded ({count})", "pt-BR": "Modelos carregados ({count})"},
+    "status.none": {"en": "none", "pt-BR": "nenhuma"},
+    "status.machine": {"en": "Machine", "pt-BR": "Máquina"},
+    "status.machine_line": {
+        "en": "CPU {cpu}% · RAM {ram}% of {ram_total} · disk {disk}% ({disk_free} free)",
+        "pt-BR": "CPU {cpu}% · RAM {ram}% de {ram_total} · disco {disk}% ({disk_free} livres)",
+    },
+    "status.uptime": {"en": "Up for", "pt-BR": "No ar há"},
+    # -- /providers ----------------------------------------------------------------------------
+    "providers.none": {"en": "No LLM servers are configured.", "pt-BR": "Nenhum servidor de LLM configurado."},
+    "providers.title": {"en": "LLM servers ({count}):", "pt-BR": "Servidores de LLM ({count}):"},
+    "providers.col.name": {"en": "name", "pt-BR": "nome"},
+    "providers.col.kind": {"en": "kind", "pt-BR": "tipo"},
+    "providers.col.url": {"en": "address", "pt-BR": "endereço"},
+    "providers.col.enabled": {"en": "on", "pt-BR": "ativo"},
+    "providers.col.health": {"en": "health", "pt-BR": "saúde"},
+    "providers.col.models": {"en": "models", "pt-BR": "modelos"},
+    "providers.col.checked": {"en": "checked", "pt-BR": "verificado"},
+    # -- /ais ----------------------------------------------------------------------------------
+    "ais.none": {"en": "No specialised AIs are defined.", "pt-BR": "Nenhuma IA especializada definida."},
+    "ais.title": {"en": "Specialised AIs ({count}):", "pt-BR": "IAs especializadas ({count}):"},
+    "ais.auto": {"en": "(chosen by ranking)", "pt-BR": "(escolhido pelo ranking)"},
+    "ais.col.name": {"en": "name", "pt-BR": "nome"},
+    "ais.col.role": {"en": "role", "pt-BR": "papel"},
+    "ais.col.category": {"en": "category", "pt-BR": "categoria"},
+    "ais.col.model": {"en": "model", "pt-BR": "modelo"},
+    "ais.col.active": {"en": "active", "pt-BR": "ativa"},
+    # -- /templates ----------------------------------------------------------------------------
+    "templates.none": {"en": "No templates yet.", "pt-BR": "Ainda não há modelos de prompt."},
+    "templates.title": {"en": "Prompt templates ({count}):", "pt-BR": "Modelos de prompt ({count}):"},
+    "templates.not_found": {"en": "No template named “{name}”.", "pt-BR": "Nenhum modelo chamado “{name}”."},
+    "templates.show": {
+        "en": "*{name}* ({category})\n{description}\nVariables: {variables}\n```\n{body}\n```",
+        "pt-BR": "*{name}* ({category})\n{description}\nVariáveis: {variables}\n```\n{body}\n```",
+    },
+    # -- /instructions -------------------------------------------------------------------------
+    "instructions.none": {"en": "No standing instructions.", "pt-BR": "Nenhuma instrução permanente."},
+    "instructions.title": {
+        "en": "Standing instructions ({count}):",
+        "pt-BR": "Instruções permanentes ({count}):",
+    },
+    "instructions.added": {"en": "Instruction #{id} added.", "pt-BR": "Instrução #{id} adicionada."},
+    "instructions.removed": {"en": "Instruction #{id} switched off.", "pt-BR": "Instrução #{id} desativada."},
+    "instructions.not_found": {
+        "en": "There is no active instruction #{id}.",
+        "pt-BR": "Não há instrução ativa #{id}.",
+    },
+    # -- /kb -----------------------------------------------------------------------------------
+    "kb.query_too_short": {
+        "en": "Search for at least one word of two letters or more.",
+        "pt-BR": "Pesquise ao menos uma palavra com duas letras ou mais.",
+    },
+    "kb.no_results": {"en": "Nothing found for “{query}”.", "pt-BR": "Nada encontrado para “{query}”."},
+    "kb.results": {
+        "en": "{count} result(s) for “{query}”:",
+        "pt-BR": "{count} resultado(s) para “{query}”:",
+    },
+    "kb.added": {"en": "Added #{id} “{title}”.", "pt-BR": "Adicionado #{id} “{title}”."},
+    "kb.duplicate": {
+        "en": "That content is already in the knowledge base as #{id}.",
+        "pt-BR": "Esse conteúdo já está na base de conhecimento como #{id}.",
+    },
+    # -- /logs ---------------------------------------------------------------------------------
+    "logs.none": {"en": "No log entries match.", "pt-BR": "Nenhum registro corresponde."},
+    "logs.title": {"en": "Latest {count} log entries:", "pt-BR": "Últimos {count} registros:"},
+    "logs.col.at": {"en": "at (UTC)", "pt-BR": "quando (UTC)"},
+    "logs.col.level": {"en": "level", "pt-BR": "nível"},
+    "logs.col.event": {"en": "event", "pt-BR": "evento"},
+    "logs.col.task": {"en": "task/sub", "pt-BR": "tarefa/sub"},
+    "logs.col.model": {"en": "model", "pt-BR": "modelo"},
+    "logs.col.latency": {"en": "latency", "pt-BR": "latência"},
+    # -- /ranking ------------------------------------------------------------------------------
+    "ranking.none": {
+        "en": "No model has a track record yet.",
+        "pt-BR": "Nenhum modelo tem histórico ainda.",
+    },
+    "ranking.title": {"en": "Model ranking:", "pt-BR": "Ranking de modelos:"},
+    "ranking.col.category": {"en": "category", "pt-BR": "categoria"},
+    "ranking.col.rank": {"en": "#", "pt-BR": "#"},
+    "ranking.col.model": {"en": "model", "pt-BR": "modelo"},
+    "ranking.col.runs": {"en": "runs", "pt-BR": "execuções"},
+    "ranking.col.success": {"en": "success", "pt-BR": "sucesso"},
+    "ranking.col.score": {"en": "score", "pt-BR": "nota"},
+    "ranking.col.time": {"en": "mean time", "pt-BR": "tempo médio"},
+    # -- /alerts -------------------------------------------------------------------------------
+    "alerts.none": {"en": "No open alerts.", "pt-BR": "Nenhum alerta aberto."},
+    "alerts.title": {"en": "Open alerts ({count}):", "pt-BR": "Alertas abertos ({count}):"},
+    "alerts.acknowledged": {"en": "(acknowledged)", "pt-BR": "(reconhecido)"},
+    "alerts.acked": {"en": "Alert #{id} acknowledged.", "pt-BR": "Alerta #{id} reconhecido."},
+    "alerts.not_found": {"en": "There is no open alert #{id}.", "pt-BR": "Não há alerta aberto #{id}."},
+    "alert.raised": {"en": "{severity} alert: {message}", "pt-BR": "Alerta {severity}: {message}"},
+    "alert.resolved": {"en": "Resolved: {message}", "pt-BR": "Resolvido: {message}"},
+    "alert.severity.info": {"en": "Info", "pt-BR": "Informativo"},
+    "alert.severity.warning": {"en": "Warning", "pt-BR": "Atenção"},
+    "alert.severity.critical": {"en": "Critical", "pt-BR": "Crítico"},
+    "alert.occurrences": {"en": "Occurrences", "pt-BR": "Ocorrências"},
+    "alert.since": {"en": "Since", "pt-BR": "Desde"},
+    # -- /accounts -----------------------------------------------------------------------------
+    "accounts.none": {"en": "No paid API accounts.", "pt-BR": "Nenhuma conta de API paga."},
+    "accounts.title": {"en": "API accounts ({count}):", "pt-BR": "Contas de API ({count}):"},
+    "accounts.sync_failed": {"en": "sync failed", "pt-BR": "falha na sincronização"},
+    "accounts.col.service": {"en": "service", "pt-BR": "serviço"},
+    "accounts.col.account": {"en": "account", "pt-BR": "conta"},
+    "accounts.col.owner": {"en": "owner", "pt-BR": "dono"},
+    "accounts.col.credits": {"en": "credits", "pt-BR": "créditos"},
+    "accounts.col.synced": {"en": "synced", "pt-BR": "sincronizado"},
+    "accounts.col.state": {"en": "state", "pt-BR": "estado"},
+    # -- console -------------------------------------------------------------------------------
+    "console.welcome": {
+        "en": "Orchestrator console — signed in as {username} ({role}). /help lists commands, /quit leaves.",
+        "pt-BR": "Console do orquestrador — conectado como {username} ({role}). /help lista os comandos, /quit sai.",
+    },
+    "console.attached": {"en": "[file {filename} saved to {path}]", "pt-BR": "[arquivo {filename} salvo em {path}]"},
+    # -- pt-BR help of each command (English help is the handler's docstring) -------------------
+    "help.help": {
+        "pt-BR": "Lista os comandos que você pode usar, ou explica um: /help [comando].",
+    },
+    "help.status": {
+        "pt-BR": "Mostra a fila de trabalho, os modelos carregados e a CPU, memória e disco da máquina.",
+    },
+    "help.providers list": {
+        "pt-BR": "Lista os servidores de LLM: tipo, endereço, saúde e quantos modelos cada um oferece.",
+    },
+    "help.providers test": {
+        "pt-BR": "Testa a conexão com um servidor de LLM e conta os modelos que ele oferece.",
+    },
+    "help.ais": {
+        "pt-BR": "Lista as IAs especializadas (planejador, programador, revisor…) e o modelo que cada uma prefere.",
+    },
+    "help.templates": {
+        "pt-BR": "Lista os modelos de prompt, ou mostra um com suas variáveis: /templates [nome].",
+    },
+    "help.instructions list": {
+        "pt-BR": "Lista as instruções permanentes adicionadas aos prompts, da maior prioridade para a menor.",
+    },
+    "help.instructions add": {
+        "pt-BR": "Adiciona uma instrução permanente a todos os prompts, ou a uma categoria com --category.",
+    },
+    "help.instructions remove": {
+        "pt-BR": "Desativa uma instrução permanente pelo número (ela continua no histórico).",
+    },
+    "help.kb search": {
+        "pt-BR": "Pesquisa a base de conhecimento por palavras nos títulos e no conteúdo: /kb search <palavras…>.",
+    },
+    "help.kb add": {
+        "pt-BR": "Adiciona um documento à base de conhecimento: /kb add \"<título>\" <conteúdo…>.",
+    },
+    "help.logs": {
+        "pt-BR": "Mostra os registros de execução mais recentes: /logs [--task N] [--level error] [--limit 10].",
+    },
+    "help.ranking": {
+        "pt-BR": "Classifica os modelos pelo histórico, geral ou em uma categoria: /ranking [categoria].",
+    },
+    "help.alerts list": {
+        "pt-BR": "Lista os alertas abertos e reconhecidos, os mais graves primeiro.",
+    },
+    "help.alerts ack": {
+        "pt-BR": "Reconhece um alerta para que pare de notificar (ele se resolve quando a condição passa).",
+    },
+    "help.accounts": {
+        "pt-BR": "Lista as contas de APIs pagas e seus créditos restantes (administradores veem as de todos).",
+    },
+    "help.models list": {
+        "pt-BR": "Lista os modelos de cada servidor, carregados primeiro.",
+    },
+    "help.models load": {
+        "pt-BR": "Carrega um modelo na memória: /models load <modelo> [--provider nome].",
+    },
+    "help.models unload": {
+        "pt-BR": "Descarrega um modelo da memória: /models unload <modelo> [--provider nome].",
+    },
+    "help.models recommend": {
+        "pt-BR": "Recomenda modelos para um tipo de tarefa: /models recommend <categoria>.",
+    },
+    "help.models download": {
+        "pt-BR": "Baixa um modelo com barra de progresso: /models download <modelo> [--provider nome].",
+    },
+}
+
+
+def normalise_language(value: str | None) -> str:
+    """Map "pt", "pt_BR", "pt-br" to "pt-BR"; anything else unknown to English."""
+    if not value:
+        return DEFAULT_LANGUAGE
+    lowered = value.replace("_", "-").lower()
+    if lowered.startswith("pt"):
+        return "pt-BR"
+    return DEFAULT_LANGUAGE
+
+
+class _Missing(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def translate(key: str, language: str | None, /, **params: Any) -> str:
+    """The catalogue text for `key` in `language` (English when missing), placeholders filled."""
+    entry = CATALOGUE.get(key)
+    if entry is None:
+        log.warning("missing catalogue entry", key=key)
+        return key
+    lang = normalise_language(language)
+    template = entry.get(lang) or entry.get(DEFAULT_LANGUAGE) or next(iter(entry.values()))
+    return template.format_map(_Missing({k: v for k, v in params.items()}))
+
+
+def help_text(spec: CommandSpec, language: str | None) -> str:
+    """A command's one-line help in the person's language (docstring in English)."""
+    if normalise_language(language) != DEFAULT_LANGUAGE:
+        entry = CATALOGUE.get(f"help.{spec.name}")
+        if entry and normalise_language(language) in entry:
+            return entry[normalise_language(language)]
+    return spec.summary
+
+
+def placeholders(template: str) -> set[str]:
+    """The `{names}` a template uses (for the catalogue consistency test)."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}

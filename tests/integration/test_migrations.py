@@ -1,0 +1,510 @@
+"""Migrations on real SQLite and MariaDB: up, down, idempotence, schema fidelity, backups, and the
+clear refusals (newer, older, half-applied, unreachable)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect, select, text
+from sqlalchemy.engine import Connection
+
+from bot.db.engine import create_engine, is_sqlite, session_factory
+from bot.db.errors import DatabaseUnreachableError, MigrationError, RevisionMismatchError
+from bot.db.migrate import (
+    check_at_head,
+    current_revision,
+    downgrade,
+    head_revision,
+    upgrade_to_head,
+)
+from bot.db.models import Base, CredentialTemplate, SpecializedAi, Task, User
+from bot.db.seed import credential_templates
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _inspect(url: str, reader: Callable[[Connection], Any]) -> Any:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(reader)
+    finally:
+        await engine.dispose()
+
+
+async def _execute(url: str, *statements: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            for statement in statements:
+                await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def _tables(url: str) -> set[str]:
+    return set(await _inspect(url, lambda c: inspect(c).get_table_names()))
+
+
+async def _counts(url: str) -> dict[str, int]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            counts = {}
+            for table in ("users", "ai_providers", "specialized_ais", "credential_templates"):
+                counts[table] = (await connection.execute(text(f"SELECT COUNT(*) FROM {table}"))).scalar_one()
+            return counts
+    finally:
+        await engine.dispose()
+
+
+async def test_up_down_up_is_clean_and_idempotent(db_url: str) -> None:
+    first = await upgrade_to_head(db_url, backup_dir=None)
+    assert first.from_revision is None
+    assert first.to_revision == head_revision()
+    assert first.applied == (head_revision(),)
+    assert set(Base.metadata.tables) <= await _tables(db_url)
+
+    again = await upgrade_to_head(db_url, backup_dir=None)
+    assert again.applied == ()
+    assert again.from_revision == again.to_revision == head_revision()
+    assert all(count == 0 for count in again.seeded.values())
+    assert await check_at_head(db_url) == head_revision()
+
+    down = await downgrade(db_url, "base")
+    assert down.to_revision is None
+    assert await _tables(db_url) == {"alembic_version"}
+    assert await current_revision(db_url) is None
+
+    up = await upgrade_to_head(db_url, backup_dir=None)
+    assert up.applied == (head_revision(),)
+    assert set(Base.metadata.tables) <= await _tables(db_url)
+
+
+def _reflect(connection: Connection) -> dict[str, Any]:
+    inspector = inspect(connection)
+    schema: dict[str, Any] = {}
+    for table in inspector.get_table_names():
+        uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints(table)}
+        indexes = inspector.get_indexes(table)
+        uniques |= {tuple(i["column_names"]) for i in indexes if i["unique"]}
+        schema[table] = {
+            "columns": {c["name"] for c in inspector.get_columns(table)},
+            "foreign_keys": {
+                (
+                    tuple(fk["constrained_columns"]),
+                    fk["referred_table"],
+                    tuple(fk["referred_columns"]),
+                    (fk.get("options", {}).get("ondelete") or "NO ACTION").upper(),
+                )
+                for fk in inspector.get_foreign_keys(table)
+            },
+            "uniques": uniques,
+            "indexes": {tuple(i["column_names"]) for i in indexes},
+        }
+    return schema
+
+
+async def test_every_table_column_key_and_index_of_the_models_exists(migrated_db: str) -> None:
+    reflected = await _inspect(migrated_db, _reflect)
+    for table in Base.metadata.sorted_tables:
+        assert table.name in reflected, f"table {table.name} missing"
+        actual = reflected[table.name]
+        assert actual["columns"] == {c.name for c in table.columns}, table.name
+        for fk in table.foreign_key_constraints:
+            expected = (
+                tuple(c.name for c in fk.columns),
+                fk.referred_table.name,
+                tuple(e.column.name for e in fk.elements),
+                (fk.ondelete or "NO ACTION").upper(),
+            )
+            assert expected in actual["foreign_keys"], f"{table.name}: {expected}"
+        expected_uniques = {
+            tuple(c.name for c in constraint.columns)
+            for constraint in table.constraints
+            if constraint.__class__.__name__ == "UniqueConstraint"
+        } | {tuple(c.name for c in index.columns) for index in table.indexes if index.unique}
+        assert expected_uniques <= actual["uniques"], table.name
+        expected_indexes = {tuple(c.name for c in index.columns) for index in table.indexes}
+        assert expected_indexes <= actual["indexes"] | actual["uniques"], table.name
+
+
+async def test_the_engine_query_indexes_exist(migrated_db: str) -> None:
+    reflected = await _inspect(migrated_db, _reflect)
+    assert ("task_id", "status") in reflected["subtasks"]["indexes"]
+    assert ("status", "priority", "created_at") in reflected["tasks"]["indexes"]
+    for column in ("task_id", "model_id", "level"):
+        assert (column, "created_at") in reflected["execution_logs"]["indexes"]
+    assert ("metric", "at") in reflected["metric_samples"]["indexes"]
+    assert ("model_id", "category") in reflected["ai_quality_metrics"]["uniques"]
+    assert ("provider_id", "model_key") in reflected["ai_models"]["uniques"]
+    assert ("platform", "platform_user_id") in reflected["user_identities"]["uniques"]
+
+
+async def test_models_and_migrations_agree(migrated_db: str) -> None:
+    """Autogenerate against the migrated database finds nothing to add: no drift."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    def diff(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(connection, opts={"compare_type": is_sqlite(migrated_db)})
+        return [
+            change
+            for change in compare_metadata(context, Base.metadata)
+            # MariaDB creates an index for each foreign key on its own; the models do not list them.
+            if not (isinstance(change, tuple) and change[0] == "remove_index")
+        ]
+
+    assert await _inspect(migrated_db, diff) == []
+
+
+async def test_initial_data_is_idempotent_and_keeps_user_edits(migrated_db: str) -> None:
+    counts = await _counts(migrated_db)
+    assert counts == {
+        "users": 1,
+        "ai_providers": 1,
+        "specialized_ais": counts["specialized_ais"],
+        "credential_templates": 11,
+    }
+    assert counts["specialized_ais"] >= 6
+
+    engine = create_engine(migrated_db)
+    try:
+        async with session_factory(engine)() as session:
+            planner = (await session.execute(select(SpecializedAi).where(SpecializedAi.name == "planner"))).scalar_one()
+            planner.system_prompt = "my own planner prompt"
+            github = (
+                await session.execute(select(CredentialTemplate).where(CredentialTemplate.service == "github"))
+            ).scalar_one()
+            github.display_name = "GitHub Enterprise"
+            # A deleted template is reference data and comes back; a deleted AI role too.
+            writer = (await session.execute(select(SpecializedAi).where(SpecializedAi.name == "writer"))).scalar_one()
+            await session.delete(writer)
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+    report = await upgrade_to_head(migrated_db, backup_dir=None)
+    assert report.seeded == {"users": 0, "ai_providers": 0, "specialized_ais": 1, "credential_templates": 0}
+    assert await _counts(migrated_db) == counts
+
+    engine = create_engine(migrated_db)
+    try:
+        async with session_factory(engine)() as session:
+            planner = (await session.execute(select(SpecializedAi).where(SpecializedAi.name == "planner"))).scalar_one()
+            assert planner.system_prompt == "my own planner prompt"
+            github = (
+                await session.execute(select(CredentialTemplate).where(CredentialTemplate.service == "github"))
+            ).scalar_one()
+            assert github.display_name == "GitHub Enterprise"
+    finally:
+        await engine.dispose()
+
+
+async def test_default_admin_is_not_recreated_once_another_admin_exists(sqlite_url: str) -> None:
+    await upgrade_to_head(sqlite_url, backup_dir=None)
+    await _execute(
+        sqlite_url,
+        "INSERT INTO users (username, display_name, role, language, is_active, created_at, updated_at) "
+        "VALUES ('alice', 'Alice', 'admin', 'pt-BR', 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+        "DELETE FROM users WHERE username = 'admin'",
+    )
+    report = await upgrade_to_head(sqlite_url, backup_dir=None)
+    assert report.seeded["users"] == 0
+    engine = create_engine(sqlite_url)
+    try:
+        async with session_factory(engine)() as session:
+            names = set((await session.execute(select(User.username))).scalars())
+    finally:
+        await engine.dispose()
+    assert names == {"alice"}
+
+
+def test_credential_templates_are_complete_and_point_at_the_real_endpoints() -> None:
+    templates = {t["service"]: t for t in credential_templates()}
+    assert set(templates) == {
+        "github", "google_drive", "gmail", "google_sheets", "google_calendar", "notion",
+        "slack", "discord", "dropbox", "onedrive", "trello",
+    }  # fmt: skip
+    for service, template in templates.items():
+        schema = template["fields_schema"]
+        assert schema["type"] == "object", service
+        assert "$ref" not in json.dumps(schema), service
+        assert schema["properties"], service
+        if template["auth_type"] == "oauth2":
+            oauth = template["oauth"]
+            assert oauth["authorize_url"].startswith("https://"), service
+            assert oauth["token_url"].startswith("https://"), service
+            assert isinstance(oauth["scopes"], list), service
+    google = templates["gmail"]["oauth"]
+    assert google["authorize_url"] == "https://accounts.google.com/o/oauth2/v2/auth"
+    assert google["token_url"] == "https://oauth2.googleapis.com/token"
+    assert google["revoke_url"] == "https://oauth2.googleapis.com/revoke"
+    assert templates["github"]["oauth"]["authorize_url"] == "https://github.com/login/oauth/authorize"
+    assert templates["notion"]["oauth"]["authorize_url"] == "https://api.notion.com/v1/oauth/authorize"
+    assert templates["trello"]["auth_type"] == "api_key"
+    assert templates["trello"]["oauth"] is None
+    assert set(templates["trello"]["fields_schema"]["required"]) == {"api_key", "token"}
+
+
+async def test_sqlite_backup_before_upgrade_holds_the_existing_rows(sqlite_url: str, tmp_path: Path) -> None:
+    # A database that already holds data (here another application's table) is copied first.
+    await _execute(
+        sqlite_url,
+        "CREATE TABLE legacy_notes (id INTEGER PRIMARY KEY, body TEXT)",
+        "INSERT INTO legacy_notes (body) VALUES ('keep me'), ('and me')",
+    )
+    backups = tmp_path / "backups"
+    report = await upgrade_to_head(sqlite_url, backup_dir=backups)
+    assert report.backup_path is not None
+    assert report.backup_path.parent == backups
+    assert str(report.backup_path) in report.as_dict()["backup_path"]
+    copy = sqlite3.connect(report.backup_path)
+    try:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert copy.execute("SELECT body FROM legacy_notes ORDER BY id").fetchall() == [("keep me",), ("and me",)]
+        assert copy.execute("SELECT name FROM sqlite_master WHERE name = 'tasks'").fetchone() is None
+    finally:
+        copy.close()
+
+    again = await upgrade_to_head(sqlite_url, backup_dir=backups)
+    assert again.backup_path is None
+    assert "nothing changed" in again.backup.note
+    assert len(list(backups.iterdir())) == 1
+
+
+async def test_sqlite_backup_before_downgrade_holds_orchestrator_rows(sqlite_url: str, tmp_path: Path) -> None:
+    migrated_db = sqlite_url
+    await upgrade_to_head(migrated_db, backup_dir=None)
+    engine = create_engine(migrated_db)
+    try:
+        async with session_factory(engine)() as session:
+            session.add(Task(title="precious work", description="x" * 1000))
+            await session.commit()
+    finally:
+        await engine.dispose()
+    report = await downgrade(migrated_db, "base", backup_dir=tmp_path / "backups")
+    assert report.backup_path is not None
+    copy = sqlite3.connect(report.backup_path)
+    try:
+        assert copy.execute("SELECT title FROM tasks").fetchall() == [("precious work",)]
+        assert copy.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision(),)
+    finally:
+        copy.close()
+
+
+@pytest.mark.mariadb
+async def test_mariadb_dump_before_downgrade(mariadb_url: str, tmp_path: Path) -> None:
+    await upgrade_to_head(mariadb_url, backup_dir=None)
+    await _execute(
+        mariadb_url,
+        "INSERT INTO tasks (title, description, status, priority, origin, "
+        "created_at, updated_at) VALUES ('dumped task', '', 'pending', 0, '{}', NOW(6), NOW(6))",
+    )
+    report = await downgrade(mariadb_url, "base", backup_dir=tmp_path / "backups")
+    assert report.backup_path is not None, report.backup.note
+    dump = report.backup_path.read_text(encoding="utf-8")
+    assert "CREATE TABLE `tasks`" in dump
+    assert "dumped task" in dump
+    assert "alembic_version" in dump
+
+
+async def test_newer_database_is_refused_and_left_alone(migrated_db: str) -> None:
+    await _execute(migrated_db, "UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    with pytest.raises(RevisionMismatchError) as caught:
+        await check_at_head(migrated_db)
+    message = str(caught.value)
+    assert "9999_from_the_future" in message
+    assert "newer version" in message
+    assert caught.value.hint is not None
+    assert "upgrade the orchestrator" in caught.value.hint
+    assert "never downgraded automatically" in caught.value.hint
+
+    with pytest.raises(RevisionMismatchError, match="newer version"):
+        await upgrade_to_head(migrated_db, backup_dir=None)
+    assert await current_revision(migrated_db) == "9999_from_the_future"
+    assert set(Base.metadata.tables) <= await _tables(migrated_db)
+
+
+async def test_older_database_is_reported_with_the_fix(db_url: str) -> None:
+    with pytest.raises(RevisionMismatchError) as never:
+        await check_at_head(db_url)
+    assert "no schema yet" in str(never.value)
+    assert never.value.hint is not None
+    assert "orchestrator migrate" in never.value.hint
+
+    await upgrade_to_head(db_url, backup_dir=None)
+    await downgrade(db_url, "base")
+    with pytest.raises(RevisionMismatchError) as older:
+        await check_at_head(db_url)
+    assert f"needs revision {head_revision()!r}" in str(older.value)
+    assert older.value.hint is not None
+    assert "orchestrator migrate" in older.value.hint
+
+
+async def test_half_applied_schema_is_detected_not_papered_over(db_url: str) -> None:
+    from bot.db.models import User as _User
+
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as connection:
+            # Tables exist, no alembic_version: what a crashed non-transactional run leaves.
+            await connection.run_sync(lambda c: _User.__table__.create(c))
+            await connection.run_sync(lambda c: Base.metadata.tables["credential_templates"].create(c))
+    finally:
+        await engine.dispose()
+    for attempt in (upgrade_to_head(db_url, backup_dir=None), check_at_head(db_url)):
+        with pytest.raises(MigrationError) as caught:
+            await attempt
+        message = str(caught.value)
+        assert "half-migrated" in message
+        assert "credential_templates, users" in message
+        assert caught.value.hint is not None
+        assert "orchestrator migrate" in caught.value.hint
+    assert await _tables(db_url) == {"users", "credential_templates"}
+
+
+async def test_head_revision_with_missing_tables_is_inconsistent(migrated_db: str) -> None:
+    await _execute(migrated_db, "DROP TABLE metric_samples")
+    with pytest.raises(MigrationError, match="tables are missing: metric_samples"):
+        await check_at_head(migrated_db)
+    with pytest.raises(MigrationError, match="tables are missing: metric_samples"):
+        await upgrade_to_head(migrated_db, backup_dir=None)
+
+
+async def test_a_failing_migration_leaves_sqlite_untouched(sqlite_url: str) -> None:
+    # A view squatting on a table name makes CREATE TABLE users fail half-way through.
+    await _execute(sqlite_url, "CREATE VIEW users AS SELECT 1 AS id")
+    with pytest.raises(MigrationError) as caught:
+        await upgrade_to_head(sqlite_url, backup_dir=None)
+    assert "rolled back" in str(caught.value)
+    assert "unchanged" in str(caught.value)
+    assert await _tables(sqlite_url) == set()  # nothing half-written, not even alembic_version
+
+
+@pytest.mark.mariadb
+async def test_a_failing_migration_on_mariadb_names_the_tables_left_behind(mariadb_url: str) -> None:
+    await _execute(mariadb_url, "CREATE VIEW users AS SELECT 1 AS id")
+    with pytest.raises(MigrationError) as caught:
+        await upgrade_to_head(mariadb_url, backup_dir=None)
+    message = str(caught.value)
+    assert "cannot roll back" in message
+    left = sorted((await _tables(mariadb_url)) & set(Base.metadata.tables))
+    assert left, "MariaDB should have kept the tables created before the failure"
+    assert ", ".join(left) in message
+    assert caught.value.hint is not None
+    assert "restore the backup" in caught.value.hint
+
+
+async def test_unreachable_mariadb_is_one_clear_error() -> None:
+    with pytest.raises(DatabaseUnreachableError, match="cannot connect to"):
+        await upgrade_to_head("mysql+aiomysql://orch:secret@127.0.0.1:1/orch", backup_dir=None)
+
+
+def _run_cli(*args: str, data_dir: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("ORCH_")}
+    env["ORCH_DATA_DIR"] = str(data_dir)
+    env.update(extra_env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_migrate_twice(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = _run_cli("migrate", data_dir=data_dir)
+    assert first.returncode == 0, first.stderr
+    assert f"→ {head_revision()}" in first.stdout
+    assert "credential_templates 11" in first.stdout
+    assert (data_dir / "orchestrator.db").is_file()
+
+    second = _run_cli("migrate", "--json", data_dir=data_dir)
+    assert second.returncode == 0, second.stderr
+    report = json.loads(second.stdout)
+    assert report["applied"] == []
+    assert report["to_revision"] == head_revision()
+    assert report["backup_path"] is None
+
+
+def test_cli_unreachable_database_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = _run_cli(
+        "migrate",
+        data_dir=tmp_path / "data",
+        extra_env={"ORCH_DATABASE_URL": "mysql+aiomysql://orch:hunter2@127.0.0.1:1/orch"},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: cannot connect to mysql+aiomysql://orch:***@127.0.0.1:1/orch")
+    assert lines[1].strip().startswith("fix:")
+    assert len(lines) == 2
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_cli_db_commands_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli import main
+
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("ORCH_DATA_DIR", str(data_dir))
+    main(["db", "current"])
+    assert "empty (never migrated)" in capsys.readouterr().out
+    main(["migrate", "--no-backup"])
+    capsys.readouterr()
+    main(["db", "current", "--json"])
+    state = json.loads(capsys.readouterr().out)
+    assert state["revision"] == state["head"] == head_revision()
+    assert state["state"] == "up to date"
+    main(["db", "history"])
+    assert head_revision() in capsys.readouterr().out
+    main(["db", "check"])
+    assert "ok:" in capsys.readouterr().out
+
+    main(["db", "downgrade", "base", "--yes"])
+    out = capsys.readouterr().out
+    backups = list((data_dir / "backups").iterdir())
+    assert len(backups) == 1
+    assert str(backups[0]) in out
+    assert "base (no tables)" in out
+
+    with pytest.raises(SystemExit) as exited:
+        main(["db", "check"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the database")
+    assert "orchestrator migrate" in err
+
+
+def test_cli_downgrade_asks_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from bot.cli import cli
+
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("ORCH_DATA_DIR", str(data_dir))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["migrate", "--no-backup"]).exit_code == 0
+    refused = runner.invoke(cli, ["db", "downgrade", "base"], input="n\n")
+    assert refused.exit_code == 1
+    assert "Downgrade" in refused.output
+    assert "Aborted" in refused.output
+    connection = sqlite3.connect(data_dir / "orchestrator.db")
+    try:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision(),)
+    finally:
+        connection.close()
+    assert not (data_dir / "backups").exists()

@@ -1,0 +1,511 @@
+"""The durable queue against real databases: ordering, leases, fencing, retries, limits, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from bot.db.engine import create_engine
+from bot.engine.queue import (
+    JobContext,
+    JobPayloadError,
+    JobQueue,
+    JobSpec,
+    LeaseLostError,
+    PermanentJobError,
+    QueueEvent,
+    Worker,
+)
+from tests.e2e.queue_worker_proc import (  # noqa: F401  (fixtures)
+    RESULTS,
+    queue_mariadb_shared,
+    queue_sqlite_template,
+    queue_url,
+)
+
+KIND = "test.job"
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], *, timeout: float = 10.0) -> None:
+    """Poll `condition` until true or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def engine(queue_url: str) -> AsyncIterator[AsyncEngine]:  # noqa: F811  (a fixture)
+    engine = create_engine(queue_url)
+    yield engine
+    await engine.dispose()
+
+
+def spec(key: str, **kwargs: Any) -> JobSpec:
+    return JobSpec(kind=kwargs.pop("kind", KIND), idempotency_key=key, **kwargs)
+
+
+class RunningWorker:
+    """A Worker running in this event loop, stopped at the end of the test."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.task = asyncio.create_task(worker.run())
+
+    async def stop(self, drain_timeout_s: float = 5.0) -> None:
+        await self.worker.stop(drain_timeout_s=drain_timeout_s)
+        await self.task
+
+
+async def statuses(queue: JobQueue, ids: list[int]) -> list[str]:
+    return [(await queue.get(job_id)).status for job_id in ids]
+
+
+# -- enqueue ---------------------------------------------------------------------------------
+
+
+async def test_enqueue_is_idempotent_on_its_key(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine)
+    first, created = await queue.enqueue(spec("subtask:1:execute", payload={"n": 1}))
+    again, created_again = await queue.enqueue(spec("subtask:1:execute", payload={"n": 2}))
+    assert created
+    assert not created_again
+    assert first == again
+    assert (await queue.get(first)).payload == {"n": 1}  # the first enqueue wins
+
+    ids = await queue.enqueue_many([spec("a"), spec("b"), spec("subtask:1:execute"), spec("a")])
+    assert ids["subtask:1:execute"] == first
+    assert len(set(ids.values())) == 3
+    assert await queue.counts() == {"queued": 3}
+
+
+async def test_enqueue_rejects_bad_input_and_stores_nothing(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine)
+    with pytest.raises(JobPayloadError):
+        await queue.enqueue(spec("x" * 256))
+    with pytest.raises(JobPayloadError):
+        await queue.enqueue(spec(""))
+    with pytest.raises(JobPayloadError):
+        await queue.enqueue(spec("k", payload={"bad": object()}))
+    with pytest.raises(JobPayloadError):
+        await queue.enqueue(spec("k", payload={"nan": float("nan")}))
+    with pytest.raises(JobPayloadError):
+        await queue.enqueue(spec("k", max_attempts=0))
+    with pytest.raises(JobPayloadError):
+        await queue.enqueue_many([spec("ok"), spec("k", kind="")])
+    assert await queue.counts() == {}
+
+
+# -- claiming --------------------------------------------------------------------------------
+
+
+async def test_claim_orders_by_priority_then_age(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine)
+    ids = await queue.enqueue_many(
+        [spec("low", priority=1), spec("high-1", priority=5), spec("mid", priority=3), spec("high-2", priority=5)]
+    )
+    claimed = await queue.claim("w1", limit=3)
+    assert [job.idempotency_key for job in claimed] == ["high-1", "high-2", "mid"]
+    assert all(job.fence == 1 and job.attempts == 1 for job in claimed)
+    rest = await queue.claim("w2", limit=10)
+    assert [job.id for job in rest] == [ids["low"]]
+    assert await queue.claim("w3", limit=10) == []
+
+
+async def test_claim_respects_kinds_and_provider_slots(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine)
+    await queue.enqueue_many(
+        [spec(f"lm{i}", provider="lmstudio", priority=9) for i in range(4)]
+        + [spec(f"ol{i}", provider="ollama") for i in range(2)]
+        + [spec("other", kind="other.kind", priority=99)]
+    )
+    claimed = await queue.claim("w", limit=10, kinds=[KIND], provider_slots={"lmstudio": 1})
+    assert Counter(job.provider for job in claimed) == {"lmstudio": 1, "ollama": 2}
+    none_left = await queue.claim("w", limit=10, kinds=[KIND], provider_slots={"lmstudio": 0})
+    assert none_left == []
+
+
+# -- leases, fencing, recovery ---------------------------------------------------------------
+
+
+async def test_expired_lease_is_reclaimed_with_checkpoints_kept(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine, lease_s=1.0)
+    job_id, _ = await queue.enqueue(spec("j"))
+    [job] = await queue.claim("crashed-worker", limit=1)
+    await queue.checkpoint(job.lease, "out", "partial text")
+
+    async def reclaimed() -> bool:
+        return (await queue.reclaim_expired()).requeued == (job_id,)
+
+    await wait_for(reclaimed, timeout=5)
+    view = await queue.get(job_id)
+    assert view.status == "queued"
+    assert view.lease_owner is None
+    assert "stopped heartbeating" in (view.error or "")
+    [again] = await queue.claim("new-worker", limit=1)
+    assert again.fence == 2
+    assert again.attempts == 2
+    assert (await queue.checkpoints(job_id))["out"].data == "partial text"
+
+
+async def test_heartbeat_keeps_a_lease_and_reports_lost_ones(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine, lease_s=1.0)
+    await queue.enqueue_many([spec("keep"), spec("lose")])
+    keep, lose = await queue.claim("w", limit=2)
+    assert await queue.cancel(lose.id)
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        lost = await queue.heartbeat("w", [keep.lease, lose.lease])
+        assert lost == {lose.id}
+        assert (await queue.reclaim_expired()).requeued == ()
+        await asyncio.sleep(0.2)
+    assert (await queue.get(keep.id)).status == "running"
+
+
+async def test_a_stale_worker_cannot_write_after_its_lease_moved(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine, lease_s=1.0)
+    job_id, _ = await queue.enqueue(spec("j"))
+    [stale] = await queue.claim("slow-worker", limit=1)
+
+    async def reclaimed() -> bool:
+        return bool((await queue.reclaim_expired()).requeued)
+
+    await wait_for(reclaimed, timeout=5)
+    [fresh] = await queue.claim("fresh-worker", limit=1)
+
+    wrote_row = []
+
+    async def hook(session: AsyncSession) -> None:
+        wrote_row.append(True)
+
+    assert not await queue.complete(stale.lease, {"by": "stale"}, hooks=[hook])
+    assert wrote_row == []
+    with pytest.raises(LeaseLostError):
+        await queue.checkpoint(stale.lease, "out", "stale output")
+    with pytest.raises(LeaseLostError):
+        await queue.record_step(stale.lease, "step", 1)
+    assert await queue.fail(stale, "stale failure") is None
+    assert not await queue.release(stale.lease)
+
+    assert await queue.complete(fresh.lease, {"by": "fresh"}, hooks=[hook])
+    assert not await queue.complete(fresh.lease, {"by": "fresh again"}, hooks=[hook])
+    view = await queue.get(job_id)
+    assert (view.status, view.result, wrote_row) == ("succeeded", {"by": "fresh"}, [True])
+    assert await queue.checkpoints(job_id) == {}
+
+
+async def test_timeout_recovery_by_another_daemon(engine: AsyncEngine) -> None:
+    """A job that overruns its timeout is taken back even while its holder keeps heartbeating."""
+    queue = JobQueue(engine, lease_s=1.0)
+    job_id, _ = await queue.enqueue(spec("slow", timeout_s=1))
+    [job] = await queue.claim("hung-worker", limit=1)
+
+    async def reclaimed() -> bool:
+        await queue.heartbeat("hung-worker", [job.lease])
+        return (await queue.reclaim_expired()).requeued == (job_id,)
+
+    await wait_for(reclaimed, timeout=6)
+    assert "timed out" in ((await queue.get(job_id)).error or "")
+
+
+async def test_worker_timeout_retries_then_succeeds(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine, lease_s=2.0, retry_base_s=0.05)
+    job_id, _ = await queue.enqueue(spec("hangs-once", timeout_s=1))
+
+    async def handler(ctx: JobContext) -> dict[str, Any]:
+        if ctx.job.attempts == 1:
+            await asyncio.Event().wait()  # hangs until the worker's timeout cancels it
+        return {"attempt": ctx.job.attempts}
+
+    running = RunningWorker(Worker(queue=queue, handlers={KIND: handler}, poll_s=0.05))
+
+    async def done() -> bool:
+        return (await queue.get(job_id)).status == "succeeded"
+
+    await wait_for(done, timeout=10)
+    await running.stop()
+    view = await queue.get(job_id)
+    assert view.result == {"attempt": 2}
+    assert view.attempts == 2
+
+
+async def test_retries_with_backoff_then_dead_letter(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine, lease_s=5.0, retry_base_s=0.05)
+    flaky, _ = await queue.enqueue(spec("flaky", max_attempts=3))
+    doomed, _ = await queue.enqueue(spec("doomed", max_attempts=3))
+    refused, _ = await queue.enqueue(spec("refused", max_attempts=3))
+    events: list[QueueEvent] = []
+
+    async def handler(ctx: JobContext) -> dict[str, Any]:
+        if ctx.job.idempotency_key == "refused":
+            raise PermanentJobError("the model refused the request")
+        if ctx.job.idempotency_key == "flaky" and ctx.job.attempts == 3:
+            return {"ok": True}
+        raise ConnectionError(f"peer reset on attempt {ctx.job.attempts}")
+
+    running = RunningWorker(Worker(queue=queue, handlers={KIND: handler}, poll_s=0.05, on_event=events.append))
+
+    async def settled() -> bool:
+        return await statuses(queue, [flaky, doomed, refused]) == ["succeeded", "dead", "dead"]
+
+    await wait_for(settled, timeout=15)
+    await running.stop()
+    assert (await queue.get(flaky)).attempts == 3
+    dead = await queue.get(doomed)
+    assert dead.attempts == 3
+    assert "peer reset on attempt 3" in (dead.error or "")
+    assert (await queue.get(refused)).attempts == 1
+    names = Counter((event.job_id, event.name) for event in events)
+    assert names[(doomed, "retrying")] == 2
+    assert names[(doomed, "dead")] == 1
+    assert names[(refused, "dead")] == 1
+    assert names[(flaky, "succeeded")] == 1
+    assert queue.backoff_s(1) == 0.05
+    assert queue.backoff_s(3) == 0.2
+
+    assert await queue.retry_dead(doomed)
+    assert (await queue.get(doomed)).status == "queued"
+
+
+# -- the worker runtime ----------------------------------------------------------------------
+
+
+class Gate:
+    """Holds handlers until released, counting how many run at once (overall and per provider)."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.running: Counter[str | None] = Counter()
+        self.total = 0
+        self.peak_total = 0
+        self.peak: Counter[str | None] = Counter()
+        self.order: list[str] = []
+
+    async def handler(self, ctx: JobContext) -> dict[str, Any]:
+        provider = ctx.job.provider
+        self.order.append(ctx.job.idempotency_key)
+        self.running[provider] += 1
+        self.total += 1
+        self.peak[provider] = max(self.peak[provider], self.running[provider])
+        self.peak_total = max(self.peak_total, self.total)
+        try:
+            await self.open.wait()
+        finally:
+            self.running[provider] -= 1
+            self.total -= 1
+        return {"key": ctx.job.idempotency_key}
+
+
+async def test_at_most_five_run_at_once_most_urgent_first(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine)
+    await queue.enqueue_many([spec(f"p{i:02d}", priority=i) for i in range(20)])
+    gate = Gate()
+    running = RunningWorker(Worker(queue=queue, handlers={KIND: gate.handler}, poll_s=0.05))
+
+    async def five_running() -> bool:
+        return gate.total == 5
+
+    await wait_for(five_running)
+    assert sorted(gate.order) == ["p15", "p16", "p17", "p18", "p19"]
+    assert (await queue.counts())["running"] == 5
+    gate.open.set()
+
+    async def all_done() -> bool:
+        return await queue.counts() == {"succeeded": 20}
+
+    await wait_for(all_done)
+    await running.stop()
+    assert gate.peak_total == 5
+
+
+async def test_per_provider_concurrency_limits(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine)
+    await queue.enqueue_many(
+        [spec(f"lm{i}", provider="lmstudio", priority=5) for i in range(8)]
+        + [spec(f"ol{i}", provider="ollama") for i in range(8)]
+    )
+    gate = Gate()
+    running = RunningWorker(
+        Worker(
+            queue=queue,
+            handlers={KIND: gate.handler},
+            concurrency=5,
+            provider_limits={"lmstudio": 2},
+            poll_s=0.05,
+        )
+    )
+
+    async def full() -> bool:
+        return gate.total == 5
+
+    await wait_for(full)
+    assert gate.running["lmstudio"] == 2
+    assert gate.running["ollama"] == 3
+    gate.open.set()
+
+    async def all_done() -> bool:
+        return await queue.counts() == {"succeeded": 16}
+
+    await wait_for(all_done)
+    await running.stop()
+    assert gate.peak["lmstudio"] == 2
+    assert gate.peak_total == 5
+
+
+async def test_admission_hook_pauses_claiming(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine)
+    job_id, _ = await queue.enqueue(spec("waits"))
+    admitted = False
+    handled: list[int] = []
+
+    async def handler(ctx: JobContext) -> dict[str, Any]:
+        handled.append(ctx.job.id)
+        return {}
+
+    worker = Worker(queue=queue, handlers={KIND: handler}, poll_s=0.02, admission=lambda: admitted)
+    running = RunningWorker(worker)
+    for _ in range(10):  # several claim rounds pass while admission is closed
+        await asyncio.sleep(0.02)
+        assert (await queue.get(job_id)).status == "queued"
+    admitted = True
+    worker.wake()
+
+    async def done() -> bool:
+        return (await queue.get(job_id)).status == "succeeded"
+
+    await wait_for(done)
+    await running.stop()
+    assert handled == [job_id]
+
+
+async def test_cancel_queued_and_running_jobs(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine, lease_s=1.0)
+    queued_id, _ = await queue.enqueue(spec("never-runs", priority=-1))
+    running_id, _ = await queue.enqueue(spec("runs", priority=5))
+    assert await queue.cancel(queued_id)
+    started = asyncio.Event()
+    events: list[QueueEvent] = []
+
+    async def handler(ctx: JobContext) -> dict[str, Any]:
+        started.set()
+        await asyncio.Event().wait()
+        return {}
+
+    running = RunningWorker(Worker(queue=queue, handlers={KIND: handler}, poll_s=0.05, on_event=events.append))
+    await asyncio.wait_for(started.wait(), timeout=5)
+    assert await queue.cancel(running_id, reason="user cancelled")
+
+    async def lease_lost() -> bool:
+        return any(event.name == "lease_lost" for event in events)
+
+    await wait_for(lease_lost)
+    await running.stop()
+    assert await statuses(queue, [queued_id, running_id]) == ["cancelled", "cancelled"]
+    assert not await queue.cancel(running_id)
+    assert [event.job_id for event in events if event.name == "claimed"] == [running_id]
+
+
+async def test_graceful_stop_hands_back_unfinished_jobs(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine)
+    job_id, _ = await queue.enqueue(spec("long"))
+    started = asyncio.Event()
+
+    async def handler(ctx: JobContext) -> dict[str, Any]:
+        await ctx.checkpoint("out", "half")
+        started.set()
+        await asyncio.Event().wait()
+        return {}
+
+    running = RunningWorker(Worker(queue=queue, handlers={KIND: handler}, poll_s=0.05))
+    await asyncio.wait_for(started.wait(), timeout=5)
+    await running.stop(drain_timeout_s=0.1)
+    view = await queue.get(job_id)
+    assert (view.status, view.attempts, view.lease_owner) == ("queued", 0, None)
+    assert (await queue.checkpoints(job_id))["out"].data == "half"
+
+
+async def test_resumed_attempt_continues_from_checkpoint_and_skips_done_steps(
+    engine: AsyncEngine,
+) -> None:
+    queue = JobQueue(engine, retry_base_s=0.05)
+    job_id, _ = await queue.enqueue(spec("resumable", payload={"words": ["a", "b", "c", "d"]}))
+    step_runs: Counter[str] = Counter()
+    seen_partials: list[Any] = []
+
+    async def handler(ctx: JobContext) -> dict[str, Any]:
+        async def plan() -> list[str]:
+            step_runs["plan"] += 1
+            return list(ctx.payload["words"])
+
+        words = await ctx.step("plan", plan)
+        done: list[str] = ctx.partial("out", [])
+        seen_partials.append(list(done))
+        for word in words[len(done) :]:
+            done = [*done, word]
+            await ctx.checkpoint("out", done)
+            if ctx.job.attempts == 1 and len(done) == 2:
+                raise ConnectionResetError("stream dropped")
+
+        async def write_row(session: AsyncSession) -> None:
+            await session.execute(
+                RESULTS.insert().values(
+                    job_id=ctx.job.id,
+                    idempotency_key=ctx.job.idempotency_key,
+                    text="".join(done),
+                    worker_id=ctx.job.worker_id,
+                )
+            )
+
+        ctx.on_commit(write_row)
+        return {"text": "".join(done)}
+
+    running = RunningWorker(Worker(queue=queue, handlers={KIND: handler}, poll_s=0.05))
+
+    async def done_() -> bool:
+        return (await queue.get(job_id)).status == "succeeded"
+
+    await wait_for(done_)
+    await running.stop()
+    assert seen_partials == [[], ["a", "b"]]
+    assert step_runs == {"plan": 1}
+    assert (await queue.get(job_id)).result == {"text": "abcd"}
+    saved = await queue.checkpoints(job_id)
+    assert saved["plan"].kind == "step"
+    assert saved["out"].seq == 4
+    async with engine.connect() as connection:
+        rows = (await connection.execute(select(RESULTS.c.text))).scalars().all()
+    assert rows == ["abcd"]
+
+
+async def test_dead_local_worker_leases_are_recovered_at_start(engine: AsyncEngine) -> None:
+    """A restarted daemon takes back its dead predecessor's jobs without waiting for expiry."""
+    import socket
+    import subprocess
+
+    queue = JobQueue(engine, lease_s=300)
+    job_id, _ = await queue.enqueue(spec("orphan"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead_worker = f"{socket.gethostname()}:{gone.pid}:deadbeef"
+    await queue.register_worker(dead_worker, hostname=socket.gethostname(), pid=gone.pid, concurrency=5)
+    await queue.claim(dead_worker, limit=1)
+
+    async def handler(ctx: JobContext) -> dict[str, Any]:
+        return {"attempt": ctx.job.attempts}
+
+    running = RunningWorker(Worker(queue=queue, handlers={KIND: handler}, poll_s=0.05))
+
+    async def done() -> bool:
+        return (await queue.get(job_id)).status == "succeeded"
+
+    await wait_for(done, timeout=5)
+    await running.stop()
+    assert (await queue.get(job_id)).result == {"attempt": 2}

@@ -1,0 +1,67 @@
+"""The engine module's pure parts: URL normalisation and the server-version floor."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.db.engine import check_version_supported, is_sqlite, parse_server_version, parse_url
+from bot.db.errors import UnsupportedDatabaseError
+
+
+@pytest.mark.parametrize(
+    ("version", "supported"),
+    [
+        ("10.5.9-MariaDB", False),
+        ("10.5.27-MariaDB-log", False),
+        ("5.7.40", False),
+        ("5.7.40-log", False),
+        ("10.6.0-MariaDB", True),
+        ("10.11.19-MariaDB-0+deb12u1", True),
+        ("11.4.2-MariaDB-ubu2404", True),
+        ("8.0.36", True),
+        ("8.4.0-0ubuntu0.24.04.1", True),
+    ],
+)
+def test_version_floor(version: str, supported: bool) -> None:
+    if supported:
+        check_version_supported(version)
+        return
+    with pytest.raises(UnsupportedDatabaseError) as caught:
+        check_version_supported(version)
+    message = str(caught.value)
+    assert version in message
+    assert "SKIP LOCKED" in message
+    assert caught.value.hint is not None
+    assert "SQLite" in caught.value.hint
+
+
+def test_mysql_5_7_is_named_mysql_and_mariadb_10_5_mariadb() -> None:
+    with pytest.raises(UnsupportedDatabaseError, match=r"^MySQL 5\.7\.40 is too old"):
+        check_version_supported("5.7.40")
+    with pytest.raises(UnsupportedDatabaseError, match=r"^MariaDB 10\.5\.9-MariaDB is too old"):
+        check_version_supported("10.5.9-MariaDB")
+
+
+def test_server_version_parsing() -> None:
+    assert parse_server_version("10.11.19-MariaDB-0+deb12u1") == ("mariadb", (10, 11))
+    assert parse_server_version("8.0.36") == ("mysql", (8, 0))
+    with pytest.raises(UnsupportedDatabaseError, match="cannot read the server version"):
+        parse_server_version("garbage")
+
+
+def test_urls_are_normalised_to_the_async_drivers() -> None:
+    assert parse_url("sqlite:///x.db").drivername == "sqlite+aiosqlite"
+    maria = parse_url("mariadb://u:p@db.example/orch")
+    assert maria.drivername == "mysql+aiomysql"
+    assert maria.query["charset"] == "utf8mb4"
+    assert parse_url("mysql+aiomysql://u@h/d?charset=latin1").query["charset"] == "latin1"
+    assert is_sqlite("sqlite+aiosqlite:///x.db")
+    assert not is_sqlite("mysql+aiomysql://u@h/d")
+
+
+def test_unsupported_backends_are_refused_without_echoing_the_password() -> None:
+    with pytest.raises(UnsupportedDatabaseError, match="'postgresql' is not supported") as caught:
+        parse_url("postgresql://user:hunter2@localhost/db")
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(UnsupportedDatabaseError, match="cannot parse"):
+        parse_url("not a url at all")
