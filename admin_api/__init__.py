@@ -8,8 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from admin_api.app import create_app  # noqa: E402
-from admin_api.server import AdminApiHandle, start_admin_api  # noqa: E402
-from admin_api.state import ApiOptions, Services  # noqa: E402
+from admin_api.app import create_app
+from admin_api.server import AdminApiHandle, start_admin_api
+from admin_api.state import ApiOptions, Services
 
 __all__ = ["AdminApiHandle", "ApiOptions", "Services", "__version__", "create_app", "start_admin_api"]

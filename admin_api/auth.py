@@ -25,7 +25,7 @@ from bot.db.models.users import ApiToken
 
 Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
-TOKEN_PREFIX = "orch_"
+TOKEN_PREFIX = "orch_"  # noqa: S105 - a public marker, not a secret
 _IMPLIED: dict[str, frozenset[str]] = {
     "read": frozenset({"read"}),
     "write": frozenset({"read", "write"}),

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from admin_api.endpoint import operation_of
 from admin_api.problems import (
@@ -29,7 +30,6 @@ from admin_api.state import AUTH, LIMITER, METRICS, PRINCIPAL, REQUEST_ID, ApiOp
 from bot.logs import get_logger
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _access_stdlib = logging.getLogger("admin_api.access")
 _access_log = get_logger("admin_api.access")

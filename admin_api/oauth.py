@@ -11,6 +11,7 @@ callback: the state is consumed atomically (a second use finds nothing), the iss
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import secrets
 from datetime import timedelta
@@ -103,7 +104,7 @@ async def start(ctx: Ctx) -> web.Response:
     credential_id = ctx.query_as(StartQuery).credential_id
     vault = vault_of(ctx)
     async with ctx.request.app[SESSIONS]() as session:
-        template, oauth = await _oauth_template(session, service)
+        _, oauth = await _oauth_template(session, service)
         credential = await session.get(Credential, credential_id)
         if credential is None or credential.service != service:
             raise NotFound(f"no {service} credential with id {credential_id}")
@@ -165,7 +166,7 @@ async def _exchange(*, oauth: dict[str, Any], client: dict[str, Any], code: str,
                     redirect_uri: str) -> dict[str, Any]:
     form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
             "code_verifier": verifier, "client_id": client["client_id"]}
-    auth: httpx.BasicAuth | None = None
+    auth: httpx.Auth | httpx._client.UseClientDefault = httpx.USE_CLIENT_DEFAULT
     if client.get("client_secret"):
         if oauth.get("token_endpoint_auth_method") == "client_secret_basic":
             auth = httpx.BasicAuth(client["client_id"], client["client_secret"])
@@ -240,7 +241,7 @@ async def callback(ctx: Ctx) -> web.Response:
     if notifier is not None:
         await notifier(user_id=credential.user_id, text=f"{service} is connected (credential {credential.name!r}).")
     _log.info("oauth.connected", service=service, credential_id=credential.id)
-    return web.Response(text=_DONE_HTML.format(service=service), content_type="text/html",
+    return web.Response(text=_DONE_HTML.format(service=html.escape(service)), content_type="text/html",
                         headers={"Cache-Control": "no-store"})
 
 

@@ -153,7 +153,8 @@ def build_document(app: web.Application) -> dict[str, Any]:
         "components": {
             "schemas": schemas,
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "orch_… token; scopes read < write < admin"}
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "orch_… token; scopes read < write < admin"}
             },
         },
         "security": [{"bearer": []}],

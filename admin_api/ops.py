@@ -72,13 +72,13 @@ async def metrics(ctx: Ctx) -> web.Response:
         by_status = dict(
             (await session.execute(
                 select(Task.status, func.count()).where(Task.status.in_(_WAITING)).group_by(Task.status)
-            )).tuples().all()
+            )).all()
         )
         for status in _WAITING:
             api_metrics.queue_depth.labels(status.value).set(by_status.get(status, 0))
         calls = (await session.execute(
             select(CreditUsage.provider_id, func.count()).group_by(CreditUsage.provider_id)
-        )).tuples().all()
+        )).all()
         for provider_id, count in calls:
             api_metrics.model_calls.labels(str(provider_id) if provider_id is not None else "none").set(count)
         prompt, completion = (await session.execute(
@@ -89,7 +89,7 @@ async def metrics(ctx: Ctx) -> web.Response:
         api_metrics.model_tokens.labels("completion").set(int(completion))
         alerts = (await session.execute(
             select(Alert.severity, func.count()).where(Alert.status != AlertStatus.RESOLVED).group_by(Alert.severity)
-        )).tuples().all()
+        )).all()
         for severity, count in alerts:
             api_metrics.open_alerts.labels(str(severity.value if hasattr(severity, "value") else severity)).set(count)
     bus = app[BUS]

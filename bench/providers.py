@@ -101,7 +101,7 @@ async def _serve(port_file: Path, tokens: int) -> None:
     await site.start()
     server = site._server
     assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr,attr-defined]
     await asyncio.to_thread(port_file.write_text, str(port))
     await asyncio.Event().wait()
 

@@ -69,7 +69,7 @@ async def check_database(settings: Settings) -> CheckResult:
 
 async def check_keyring(settings: Settings) -> CheckResult:
     """The vault's keys load: permissions 0600, valid contents, or keys from the environment."""
-    from bot.vault import load_keyring
+    from bot.vault import keyring_from_settings
 
     if settings.vault.keys is not None:
         source = "ORCH_VAULT__KEYS"
@@ -84,7 +84,7 @@ async def check_keyring(settings: Settings) -> CheckResult:
                                f"chmod 600 {path}")
         source = str(path)
     try:
-        keyring = load_keyring(settings, create=False)
+        keyring = keyring_from_settings(settings, create=False)
     except OrchestratorError as err:
         return CheckResult("keyring", "fail", err.message, err.hint)
     return CheckResult("keyring", "ok", f"{source}: current key {keyring.current_id}")

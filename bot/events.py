@@ -65,11 +65,9 @@ class Subscription:
                 self.dropped += 1
                 self._bus.dropped_total += 1
 
-    async def get(self, timeout: float | None = None) -> Event:
-        """The next event; raises TimeoutError when `timeout` seconds pass first."""
-        if timeout is None:
-            return await self._queue.get()
-        return await asyncio.wait_for(self._queue.get(), timeout)
+    async def get(self) -> Event:
+        """The next event (wrap in asyncio.timeout() to bound the wait)."""
+        return await self._queue.get()
 
     def pending(self) -> int:
         """How many events wait in this subscription's queue."""

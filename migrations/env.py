@@ -8,7 +8,7 @@ VARCHAR(32) (their values live in Python), UTC datetimes become DATETIME(6) on M
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
@@ -21,7 +21,7 @@ from bot.db.models import Base
 target_metadata = Base.metadata
 
 
-def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     if type_ != "type":
         return False
     if isinstance(obj, UTCDateTime):
@@ -32,6 +32,12 @@ def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str |
     return False
 
 
+def _skip_empty(context_: Any, revision: Any, directives: list[Any]) -> None:
+    # Used by migrations/autogenerate.py: no revision file when the models match the schema.
+    if context.config.attributes.get("skip_empty") and directives and directives[0].upgrade_ops.is_empty():
+        directives[:] = []
+
+
 def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -39,6 +45,7 @@ def _configure(connection: Connection) -> None:
         render_as_batch=True,
         compare_type=True,
         render_item=_render_item,
+        process_revision_directives=_skip_empty,
     )
 
 

@@ -7,12 +7,12 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_api.endpoint import Ctx
 from admin_api.resource import ApiModel, Filter, Resource, crud_routes
 from admin_api.resources._common import Id, JsonObject, Key, ShortKey, Timestamps
 from bot.db.models import ExternalApiAccount
-from sqlalchemy.ext.asyncio import AsyncSession
 
 Credits = Annotated[Decimal, Field(ge=0, le=Decimal("999999999999"), max_digits=18, decimal_places=6)]
 

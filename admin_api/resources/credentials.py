@@ -117,7 +117,9 @@ async def _template_for(session: AsyncSession, *, template_id: int | None, servi
         select(CredentialTemplate).where(CredentialTemplate.service == service))).scalar_one_or_none()
 
 
-def check_against_template(template: CredentialTemplate | None, fields: dict[str, str], *, partial: bool = False) -> None:
+def check_against_template(
+    template: CredentialTemplate | None, fields: dict[str, str], *, partial: bool = False
+) -> None:
     """422 unless the secret's fields satisfy the template's JSON Schema (messages name fields, not values)."""
     if template is None or not template.fields_schema:
         return
@@ -126,13 +128,12 @@ def check_against_template(template: CredentialTemplate | None, fields: dict[str
     schema = dict(template.fields_schema)
     if partial:
         schema.pop("required", None)
-    errors = [
-        {"loc": ["body", "secret", *[str(part) for part in error.absolute_path]],
-         "msg": error.validator + " constraint failed" + (f" ({error.validator_value})"
-                                                           if error.validator in ("required", "additionalProperties") else ""),
-         "type": f"schema_{error.validator}"}
-        for error in Draft202012Validator(schema).iter_errors(fields)
-    ]
+    errors = []
+    for error in Draft202012Validator(schema).iter_errors(fields):
+        # Name the rule and the field, never the submitted value (it is a secret).
+        shown = f" ({error.validator_value})" if error.validator in ("required", "additionalProperties") else ""
+        errors.append({"loc": ["body", "secret", *[str(part) for part in error.absolute_path]],
+                       "msg": f"{error.validator} constraint failed{shown}", "type": f"schema_{error.validator}"})
     if errors:
         raise ValidationFailed("the secret does not match the service's credential form", extra={"errors": errors})
 

@@ -11,9 +11,9 @@ passed an embedder.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
 import math
 import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -166,7 +166,7 @@ async def _semantic(ctx: Ctx, session: AsyncSession, query: SearchQuery) -> list
         KnowledgeEntry.embedding.is_not(None), KnowledgeEntry.embedding_model.is_not(None)).limit(50_000)
     if query.source_id is not None:
         statement = statement.where(KnowledgeEntry.source_id == query.source_id)
-    rows = [row for row in (await session.execute(statement)).tuples() if row[1]]
+    rows = [row for row in (await session.execute(statement)).all() if row[1]]
     if not rows:
         raise Unavailable("no knowledge entry has an embedding yet; use mode=fulltext")
     if embedder is None:

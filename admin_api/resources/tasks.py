@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_api.endpoint import Ctx, endpoint
 from admin_api.problems import Conflict, NotFound
-from admin_api.resource import ApiModel, Filter, ReadModel, Resource, crud_routes, get_row
+from admin_api.resource import ApiModel, Filter, Resource, crud_routes, get_row
 from admin_api.resources._common import Id, JsonList, Key, LongText, Priority, ShortKey, Text, Timestamps
 from admin_api.state import BUS, SERVICES, SESSIONS
 from bot.db.base import utcnow
@@ -121,15 +121,15 @@ async def task_stats(ctx: Ctx) -> TaskStats:
 
     async with ctx.request.app[SESSIONS]() as session:
         by_status = {str(s.value if hasattr(s, "value") else s): int(n) for s, n in (await session.execute(
-            select(Task.status, func.count()).group_by(Task.status))).tuples()}
+            select(Task.status, func.count()).group_by(Task.status))).all()}
         by_category = {str(c) if c is not None else "": int(n) for c, n in (await session.execute(
-            select(Task.category, func.count()).group_by(Task.category))).tuples()}
+            select(Task.category, func.count()).group_by(Task.category))).all()}
         finished_rows = (await session.execute(
             select(Task.started_at, Task.finished_at).where(
-                Task.finished_at.is_not(None), Task.started_at.is_not(None)))).tuples().all()
+                Task.finished_at.is_not(None), Task.started_at.is_not(None)))).all()
         jobs = {str(s): int(n) for s, n in (await session.execute(
-            select(Job.status, func.count()).group_by(Job.status))).tuples()}
-    durations = [(end - start).total_seconds() for start, end in finished_rows]
+            select(Job.status, func.count()).group_by(Job.status))).all()}
+    durations = [(end - start).total_seconds() for start, end in finished_rows if start and end]
     return TaskStats(
         total=sum(by_status.values()), by_status=by_status, by_category=by_category,
         finished=len(durations), mean_duration_s=sum(durations) / len(durations) if durations else None,

@@ -22,7 +22,7 @@ from bot.errors import OrchestratorError
     "--command",
     "commands",
     multiple=True,
-    help="Run this line (e.g. \"/status\") and exit; may be repeated.",
+    help='Run this line (e.g. "/status") and exit; may be repeated.',
 )
 def chat(username: str | None, commands: tuple[str, ...]) -> None:
     """Talk to the orchestrator in this terminal (no Slack or Discord token needed)."""

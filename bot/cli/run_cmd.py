@@ -22,5 +22,5 @@ def run(no_migrate: bool) -> None:
 
     settings = load_settings()
     configure_logging(level=settings.log.level, fmt=settings.log.format)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     asyncio.run(run_daemon(settings, migrate=not no_migrate))

@@ -20,13 +20,14 @@ from bot.commands.registry import CommandContext, CommandRegistry, CommandSpec, 
 
 def build_registry() -> CommandRegistry:
     """Every command that is backed by the database and the provider layer alone."""
-    from bot.commands import catalog, general, knowledge, operations
+    from bot.commands import catalog, general, knowledge, models, operations
 
     registry = CommandRegistry()
     general.register(registry)
     catalog.register(registry)
     knowledge.register(registry)
     operations.register(registry)
+    models.register(registry)
     return registry
 
 

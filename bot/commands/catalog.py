@@ -121,9 +121,7 @@ async def templates_command(ctx: CommandContext) -> str:
     name = ctx.args["name"]
     async with ctx.services.session_factory() as session:
         if name:
-            template = (
-                await session.execute(select(AiTemplate).where(AiTemplate.name == name))
-            ).scalars().first()
+            template = (await session.execute(select(AiTemplate).where(AiTemplate.name == name))).scalars().first()
             if template is None:
                 raise NotFoundError("templates.not_found", name=name)
             variables = ", ".join(sorted((template.variables.get("properties") or {}).keys())) or "-"
@@ -136,14 +134,14 @@ async def templates_command(ctx: CommandContext) -> str:
                 body=clip(template.body, 1500),
             )
         templates = (
-            await session.execute(select(AiTemplate).where(AiTemplate.is_active.is_(True)).order_by(AiTemplate.name))
-        ).scalars().all()
+            (await session.execute(select(AiTemplate).where(AiTemplate.is_active.is_(True)).order_by(AiTemplate.name)))
+            .scalars()
+            .all()
+        )
     if not templates:
         return ctx.t("templates.none")
     lines = [ctx.t("templates.title", count=len(templates))]
-    lines.extend(
-        f"• `{t.name}` ({t.category or '-'}) — {clip(t.description, 100) or '-'}" for t in templates
-    )
+    lines.extend(f"• `{t.name}` ({t.category or '-'}) — {clip(t.description, 100) or '-'}" for t in templates)
     return "\n".join(lines)
 
 
@@ -154,9 +152,7 @@ async def instructions_list(ctx: CommandContext) -> str:
     if category:
         statement = statement.where(Instruction.category == category)
     async with ctx.services.session_factory() as session:
-        rows = (
-            await session.execute(statement.order_by(Instruction.priority.desc(), Instruction.id))
-        ).scalars().all()
+        rows = (await session.execute(statement.order_by(Instruction.priority.desc(), Instruction.id))).scalars().all()
     if not rows:
         return ctx.t("instructions.none")
     lines = [ctx.t("instructions.title", count=len(rows))]

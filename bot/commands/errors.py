@@ -1,9 +1,9 @@
 """Failures a command reports to the person who typed it.
 
-    CommandError (bot.errors.OrchestratorError)   expected; shown translated, no traceback
-    ├── UsageError                                the arguments do not fit the command
-    ├── PermissionDeniedError                     the person's role is too low, or they are unknown
-    └── NotFoundError                             a named thing (model, alert, template…) does not exist
+CommandError (bot.errors.OrchestratorError)   expected; shown translated, no traceback
+├── UsageError                                the arguments do not fit the command
+├── PermissionDeniedError                     the person's role is too low, or they are unknown
+└── NotFoundError                             a named thing (model, alert, template…) does not exist
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def register(registry: CommandRegistry) -> None:
         subtasks = {str(status): count for status, count in subtask_rows}
         machine = await asyncio.to_thread(_machine_summary)
         fields = [
-            (ctx.t("status.tasks"), _counts(tasks, ctx) ),
+            (ctx.t("status.tasks"), _counts(tasks, ctx)),
             (ctx.t("status.subtasks"), _counts(subtasks, ctx)),
             (
                 ctx.t("status.models_loaded", count=len(loaded)),

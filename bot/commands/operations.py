@@ -119,13 +119,17 @@ async def alerts_list(ctx: CommandContext) -> str:
     severity_order = {"critical": 0, "warning": 1, "info": 2}
     async with ctx.services.session_factory() as session:
         alerts = (
-            await session.execute(
-                select(Alert)
-                .where(Alert.status != AlertStatus.RESOLVED)
-                .order_by(Alert.opened_at.desc())
-                .limit(ctx.args["limit"])
+            (
+                await session.execute(
+                    select(Alert)
+                    .where(Alert.status != AlertStatus.RESOLVED)
+                    .order_by(Alert.opened_at.desc())
+                    .limit(ctx.args["limit"])
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
     if not alerts:
         return ctx.t("alerts.none")
     ordered = sorted(alerts, key=lambda a: (severity_order.get(str(a.severity), 3), -a.opened_at.timestamp()))

@@ -63,9 +63,7 @@ def may_enter(principal: Principal, policy: PermissionPolicy) -> bool:
     return principal.known or policy.unknown_user_role is not None
 
 
-async def link_identity(
-    session: AsyncSession, *, user_id: int, sender: Sender
-) -> UserIdentity:
+async def link_identity(session: AsyncSession, *, user_id: int, sender: Sender) -> UserIdentity:
     """Map a platform account to a user (idempotent); the caller's unit of work commits."""
     statement = select(UserIdentity).where(
         UserIdentity.platform == sender.platform, UserIdentity.platform_user_id == sender.user_id

@@ -63,7 +63,14 @@ def create_engine(url: str, *, settings: DatabaseSettings | None = None) -> Asyn
         if database and database != ":memory:":
             from pathlib import Path
 
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise DatabaseUnreachableError(
+                    f"cannot create the folder {folder} for the SQLite database: {err.strerror or err}",
+                    hint="point ORCH_DATA_DIR or database_url at a writable directory",
+                ) from err
         kwargs["connect_args"] = {"timeout": options.sqlite_busy_timeout_ms / 1000}
         try:
             engine = create_async_engine(parsed, **kwargs)
@@ -130,10 +137,15 @@ async def verify_connection(engine: AsyncEngine) -> str:
                 return f"SQLite {version}"
             version = str((await connection.execute(text("select version()"))).scalar_one())
     except (DBAPIError, OSError) as err:
+        sqlite = engine.dialect.name == "sqlite"
         raise DatabaseUnreachableError(
-            f"cannot connect to {engine.url.render_as_string(hide_password=True)}: "
-            f"{getattr(err, 'orig', err)}",
-            hint="check that the server runs and the URL, user and password are right",
+            f"cannot {'open' if sqlite else 'connect to'} "
+            f"{engine.url.render_as_string(hide_password=True)}: {getattr(err, 'orig', err)}",
+            hint=(
+                "check the file's path and permissions, and that it is a SQLite database"
+                if sqlite
+                else "check that the server runs and the URL, user and password are right"
+            ),
         ) from err
     check_version_supported(version)
     return version

@@ -219,6 +219,10 @@ class Engine:
             await self._fail_task(task_id, plan_data["error"])
             return {"failed": plan_data["error"]}
         plan = Plan.model_validate(plan_data["plan"])
+        if not plan.subtasks:
+            reason = "the planner needs answers first: " + " ".join(plan.questions)
+            await self._fail_task(task_id, reason)
+            return {"failed": reason}
 
         async def write_plan(session: AsyncSession) -> None:
             task = await session.get(Task, task_id)
@@ -300,7 +304,7 @@ class Engine:
             executor_role = await role_prompt(session, role_for_category(subtask.category))
             instructions = await instructions_for(session, category=subtask.category, task_id=task.id)
             context = await _dependency_context(session, subtask)
-            task_id, category = task.id, subtask.category or "reasoning"
+            task_id, category = task.id, subtask.category or "general"
             prompt = _subtask_prompt(task, subtask, context)
             threshold = self._settings.threshold_for(subtask.category)
         system = system_with_instructions(executor_role.system_prompt, instructions)
@@ -384,11 +388,15 @@ class Engine:
             judge = _candidate(judge_data)
             self._log_choice(task_id, subtask_id, "tiebreaker", judge_data)
             self._publish("subtask.tiebreak", task_id, {"subtask_id": subtask_id, "judge": judge.key})
+            review = f"score {verdict.score:.0f}, {verdict.decision}: " + "; ".join(verdict.issues[:10])
             first = await ctx.step("judge.executor_first", lambda: self._judge(
-                task_id=task_id, subtask_id=subtask_id, judge=judge, prompt=prompt, first=answer, second=reference))
+                task_id=task_id, subtask_id=subtask_id, judge=judge, prompt=prompt, first=answer, second=reference,
+                review=review))
             second = await ctx.step("judge.validator_first", lambda: self._judge(
-                task_id=task_id, subtask_id=subtask_id, judge=judge, prompt=prompt, first=reference, second=answer))
-            picks = (_pick(first.get("winner"), executor_is="A"), _pick(second.get("winner"), executor_is="B"))
+                task_id=task_id, subtask_id=subtask_id, judge=judge, prompt=prompt, first=reference, second=answer,
+                review=review))
+            picks = (_pick(first.get("winner"), executor_shown="result"),
+                     _pick(second.get("winner"), executor_shown="alternative"))
             outcome = picks[0] if picks[0] == picks[1] else "tie"
             tiebreak = {"judge": judge.key, "judge_model_id": judge.model_id, "executor_first": first,
                         "validator_first": second, "picks": list(picks)}
@@ -567,10 +575,10 @@ class Engine:
         async with self._sessions() as session:
             reviewer = await role_prompt(session, AiRole.REVIEWER)
         messages = [ChatMessage("system", reviewer.system_prompt),
-                    ChatMessage("user", f"{prompt}\n\n--- ANSWER TO REVIEW ---\n{answer}\n--- END ---\n\n"
-                                        "Review the answer critically against the subtask. Reply with JSON: "
-                                        '{"score": 0-100, "decision": "approve"|"revise"|"reject", '
-                                        '"issues": ["concrete problem", ...], "summary": "one paragraph"}')]
+                    ChatMessage("user", f"SUBTASK:\n{prompt}\n\nRESULT:\n{answer}\n\nReview the RESULT "
+                                        'critically. Reply with only the JSON object: {"score": 0-100, '
+                                        '"verdict": "approve"|"revise"|"reject", "issues": [{"severity": ..., '
+                                        '"location": ..., "problem": ..., "fix": ...}], "summary": "..."}')]
         problems = []
         for _ in range(2):
             result = await self._call(task_id=task_id, subtask_id=subtask_id, event="verdict",
@@ -586,13 +594,17 @@ class Engine:
         return {"error": f"the validator {validator.key} returned no valid verdict: {'; '.join(problems)}"[:2000]}
 
     async def _judge(self, *, task_id: int, subtask_id: int, judge: Candidate, prompt: str, first: str,
-                     second: str) -> dict[str, Any]:
+                     second: str, review: str) -> dict[str, Any]:
+        """One judgement with `first` shown as the RESULT and `second` as the ALTERNATIVE."""
         async with self._sessions() as session:
             tiebreaker = await role_prompt(session, AiRole.TIEBREAKER)
         messages = [ChatMessage("system", tiebreaker.system_prompt),
-                    ChatMessage("user", f"{prompt}\n\n--- ANSWER A ---\n{first}\n--- ANSWER B ---\n{second}\n"
-                                        '--- END ---\n\nWhich answer is more correct and complete? Reply with JSON: '
-                                        '{"winner": "A"|"B"|"tie", "reason": "..."}')]
+                    ChatMessage("user", f"SUBTASK:\n{prompt}\n\nRESULT:\n{first}\n\nREVIEW:\n{review}\n\n"
+                                        f"ALTERNATIVE:\n{second}\n\nWhich is correct and complete: the RESULT "
+                                        'or the ALTERNATIVE? Reply with only the JSON object: {"winner": '
+                                        '"result"|"review"|"alternative"|"neither", "score": 0-100, '
+                                        '"verdict": "approve"|"revise"|"reject", "reasons": ["..."], '
+                                        '"merged_result": null}')]
         for _ in range(2):
             result = await self._call(task_id=task_id, subtask_id=subtask_id, event="judge", choice=_choice_like(judge),
                                       request=ChatRequest(model=judge.key, messages=messages,
@@ -602,7 +614,7 @@ class Engine:
             except MalformedOutputError as err:
                 messages = [*messages, ChatMessage("assistant", result.text[:8000]),
                             ChatMessage("user", f"Invalid: {err.detail}. Reply with only the JSON.")]
-        return {"winner": "tie", "reason": "the judge returned no valid judgement"}
+        return {"winner": "neither", "reasons": ["the judge returned no valid judgement twice"]}
 
     async def _call(self, *, task_id: int, subtask_id: int | None, event: str, choice: Choice,
                     request: ChatRequest) -> ChatResult:
@@ -721,21 +733,15 @@ def _tiebreak_result(outcome: str | None, *, side: str) -> Literal["won", "lost"
     return "won" if outcome == side else "lost"
 
 
-def _pick(winner: Any, *, executor_is: str) -> str:
-    """Map a judgement's A/B/tie to executor/validator/tie given where the executor was shown."""
-    if winner not in ("A", "B"):
+def _pick(winner: Any, *, executor_shown: str) -> str:
+    """Map a judgement's result/alternative to executor/validator given where the executor was shown."""
+    if winner not in ("result", "alternative"):
         return "tie"
-    return "executor" if winner == executor_is else "validator"
+    return "executor" if winner == executor_shown else "validator"
 
 
 def _plan_request(request_text: str) -> str:
-    return (
-        f"Split this task into subtasks.\n\nTASK:\n{request_text}\n\n"
-        "Reply with only a JSON object: {\"subtasks\": [{\"id\": 1, \"title\": \"...\", \"description\": "
-        "\"what to do, in full\", \"category\": \"code|reasoning|research|writing|summarise|translate|extract|"
-        "chat|analysis\", \"depends_on\": [ids that must finish first], \"priority\": 0, \"expected_output\": "
-        "\"...\"}]}. A simple task is one subtask."
-    )
+    return f"TASK:\n{request_text}\n\nReply with only the JSON plan."
 
 
 def _subtask_prompt(task: Task, subtask: Subtask, context: str) -> str:

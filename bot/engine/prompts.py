@@ -23,10 +23,13 @@ CATEGORY_ROLES: dict[str, AiRole] = {
     "writing": AiRole.WRITER,
     "chat": AiRole.WRITER,
     "summarise": AiRole.SUMMARIZER,
-    "translate": AiRole.TRANSLATOR,
+    "translation": AiRole.TRANSLATOR,
     "analysis": AiRole.ANALYST,
+    "data": AiRole.ANALYST,
     "reasoning": AiRole.ANALYST,
     "extract": AiRole.ANALYST,
+    "planning": AiRole.ANALYST,
+    "general": AiRole.ANALYST,
 }
 
 

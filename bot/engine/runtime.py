@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.db.models import AiModel, AiProvider, ProviderKind
+from bot.engine.embeddings import Embedder
 from bot.engine.orchestrator import Engine
 from bot.engine.providers.configured import load_providers
 from bot.engine.providers.port import LLMProvider
@@ -38,6 +39,7 @@ class EngineRuntime:
     sessions: async_sessionmaker[AsyncSession]
     bus: EventBus | None = None
     worker_id: str | None = None
+    embedder: Embedder | None = None
     providers: dict[str, LLMProvider] = field(default_factory=dict)
     router: Router = field(default_factory=Router)
     registry: ModelRegistry | None = None
@@ -56,7 +58,7 @@ class EngineRuntime:
         await self.refresh_router()
         self.queue = JobQueue(self.db_engine)
         self.engine = Engine(session_factory=self.sessions, router=self.router, queue=self.queue,
-                             settings=self.settings.engine, bus=self.bus)
+                             settings=self.settings.engine, bus=self.bus, embedder=self.embedder)
         if run_worker:
             limits = await self._provider_limits()
             self.worker = Worker(queue=self.queue, handlers=self.engine.handlers, worker_id=self.worker_id,

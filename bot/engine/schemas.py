@@ -11,11 +11,15 @@ import json
 import re
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot.errors import OrchestratorError
 
-CATEGORIES = ("code", "reasoning", "research", "writing", "summarise", "translate", "extract", "chat", "analysis")
+CATEGORIES = (
+    "code", "analysis", "research", "writing", "translation", "data", "planning", "general",
+    "reasoning", "summarise", "extract", "chat",
+)
+CATEGORY_ALIASES = {"translate": "translation", "summary": "summarise", "summarize": "summarise"}
 MAX_SUBTASKS = 12
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,11 +33,11 @@ class MalformedOutputError(OrchestratorError):
 
 
 class PlannedSubtask(BaseModel):
-    """One step of a plan."""
+    """One step of a plan (`seq` in the seeded planner prompt; `id` is accepted too)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    id: int = Field(ge=1, le=MAX_SUBTASKS)
+    id: int = Field(ge=1, le=MAX_SUBTASKS, validation_alias=AliasChoices("seq", "id"))
     title: str = Field(min_length=1, max_length=200)
     description: str = Field(min_length=1, max_length=8000)
     category: str = Field(default="reasoning", max_length=32)
@@ -44,19 +48,33 @@ class PlannedSubtask(BaseModel):
     @field_validator("category", mode="before")
     @classmethod
     def _known_category(cls, value: Any) -> str:
-        text = str(value or "reasoning").strip().lower()
-        return text if text in CATEGORIES else "reasoning"
+        text = str(value or "general").strip().lower()
+        text = CATEGORY_ALIASES.get(text, text)
+        return text if text in CATEGORIES else "general"
 
 
 class Plan(BaseModel):
-    """A task split into subtasks that form a DAG through `depends_on`."""
+    """A task split into subtasks that form a DAG through `depends_on`.
+
+    An empty plan with `questions` is the planner saying the task cannot be planned as asked.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
-    subtasks: list[PlannedSubtask] = Field(min_length=1, max_length=MAX_SUBTASKS)
+    goal: str = Field(default="", max_length=2000)
+    subtasks: list[PlannedSubtask] = Field(default_factory=list, max_length=MAX_SUBTASKS)
+    questions: list[str] = Field(default_factory=list, max_length=20)
+    assumptions: list[str] = Field(default_factory=list, max_length=50)
+
+    @field_validator("questions", "assumptions", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return [str(item) for item in value] if isinstance(value, list) else value
 
     def check_graph(self) -> None:
-        """Ids unique, dependencies known, no cycles; raises ValueError saying which."""
+        """Some work (or questions), ids unique, dependencies known, no cycles; ValueError says which."""
+        if not self.subtasks and not self.questions:
+            raise ValueError("the plan has no subtasks and no questions")
         ids = [s.id for s in self.subtasks]
         if len(set(ids)) != len(ids):
             raise ValueError(f"subtask ids must be unique, got {ids}")
@@ -92,12 +110,12 @@ class Plan(BaseModel):
 
 
 class Verdict(BaseModel):
-    """A validator's critical review of one result."""
+    """A validator's critical review of one result (`verdict` in the seeded prompt, or `decision`)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     score: float = Field(ge=0, le=100)
-    decision: Literal["approve", "revise", "reject"]
+    decision: Literal["approve", "revise", "reject"] = Field(validation_alias=AliasChoices("verdict", "decision"))
     issues: list[str] = Field(default_factory=list, max_length=50)
     summary: str = Field(default="", max_length=4000)
 
@@ -110,23 +128,44 @@ class Verdict(BaseModel):
     @classmethod
     def _issues_as_text(cls, value: Any) -> Any:
         if isinstance(value, list):
-            return [item if isinstance(item, str) else json.dumps(item) for item in value][:50]
+            return [_issue_text(item) for item in value][:50]
         return value
 
 
+def _issue_text(item: Any) -> str:
+    """`{"severity", "location", "problem", "fix"}` (the seeded reviewer's shape) as one line."""
+    if not isinstance(item, dict):
+        return str(item)
+    problem = str(item.get("problem") or item.get("issue") or json.dumps(item))
+    parts = [f"[{item['severity']}] " if item.get("severity") else "", problem]
+    if item.get("location"):
+        parts.append(f" ({item['location']})")
+    if item.get("fix"):
+        parts.append(f" — fix: {item['fix']}")
+    return "".join(parts)
+
+
 class Judgement(BaseModel):
-    """A tie-breaker's choice between two answers shown as A and B."""
+    """A tie-breaker's choice: the RESULT shown first, the ALTERNATIVE shown second, or neither."""
 
     model_config = ConfigDict(extra="ignore")
 
-    winner: Literal["A", "B", "tie"]
-    reason: str = Field(default="", max_length=4000)
+    winner: Literal["result", "alternative", "review", "neither"]
+    score: float | None = Field(default=None, ge=0, le=100)
+    reasons: list[str] = Field(default_factory=list, max_length=50)
+    merged_result: str | None = Field(default=None, max_length=200_000)
 
     @field_validator("winner", mode="before")
     @classmethod
     def _normalise_winner(cls, value: Any) -> Any:
-        text = str(value).strip()
-        return "tie" if text.lower() == "tie" else text.upper()
+        return str(value).strip().lower() if isinstance(value, str) else value
+
+    @field_validator("reasons", mode="before")
+    @classmethod
+    def _reasons_as_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        return [str(item) for item in value] if isinstance(value, list) else value
 
 
 def json_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -64,12 +64,19 @@ class SamplerCheck:
         self._sampler = sampler
         self._stale_after_s = stale_after_s
         self._clock = clock
+        self._first_check_at: float | None = None
 
     async def check(self) -> CheckResult:
         """Fresh samples are flowing."""
         latest = self._sampler.latest
         if latest is None:
-            return CheckResult(ok=False, detail="no sample taken yet")
+            # Right after start the first tick may not have happened: allow the same grace as staleness.
+            if self._first_check_at is None:
+                self._first_check_at = self._clock()
+            waited = self._clock() - self._first_check_at
+            if waited <= self._stale_after_s:
+                return CheckResult(ok=True, detail="waiting for the first sample")
+            return CheckResult(ok=False, detail=f"no sample taken in {waited:.0f} s")
         age = self._clock() - latest.at
         if age > self._stale_after_s:
             return CheckResult(ok=False, detail=f"last sample is {age:.0f} s old")

@@ -40,7 +40,7 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before reconnect attempt `attempt` (0-based)."""
         base = min(self.max_s, self.initial_s * self.factor**attempt)
-        return max(0.0, base * (1 + random.uniform(-self.jitter, self.jitter)))  # noqa: S311 - not crypto
+        return max(0.0, base * (1 + random.uniform(-self.jitter, self.jitter)))
 
 
 class Platform(abc.ABC):
@@ -141,10 +141,10 @@ class Platform(abc.ABC):
     async def _deliver(self, event: IncomingEvent, conversation: Conversation) -> object:
         return await self._sink(event, conversation)
 
-    async def wait_idle(self, timeout: float = 10.0) -> None:
+    async def wait_idle(self, limit_s: float = 10.0) -> None:
         """Wait until every dispatched event has been handled (tests and graceful stop)."""
         if self._handlers:
-            await asyncio.wait(set(self._handlers), timeout=timeout)
+            await asyncio.wait(set(self._handlers), timeout=limit_s)
 
     async def post_card(self, place: Place, card: Card) -> str:
         """Post a card to a channel; returns the message id (alerts use it to thread the resolve)."""

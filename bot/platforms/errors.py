@@ -1,10 +1,10 @@
 """Failures of the chat platforms, as the core sees them.
 
-    PlatformError (bot.errors.OrchestratorError)
-    ├── PlatformConfigError       a token, key or URL needed to connect is missing or wrong
-    ├── RateLimitedError          the platform said "slow down"; carries retry_after seconds
-    ├── SignatureError            an HTTP request's signature or timestamp does not verify
-    └── DeliveryError             a message could not be posted, edited or uploaded
+PlatformError (bot.errors.OrchestratorError)
+├── PlatformConfigError       a token, key or URL needed to connect is missing or wrong
+├── RateLimitedError          the platform said "slow down"; carries retry_after seconds
+├── SignatureError            an HTTP request's signature or timestamp does not verify
+└── DeliveryError             a message could not be posted, edited or uploaded
 """
 
 from __future__ import annotations

@@ -136,6 +136,47 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
     "providers.col.health": {"en": "health", "pt-BR": "saúde"},
     "providers.col.models": {"en": "models", "pt-BR": "modelos"},
     "providers.col.checked": {"en": "checked", "pt-BR": "verificado"},
+    "providers.test_ok": {
+        "en": "{name} answers in {latency} ms and offers {models} model(s), {loaded} loaded.",
+        "pt-BR": "{name} responde em {latency} ms e oferece {models} modelo(s), {loaded} carregado(s).",
+    },
+    "providers.test_down": {
+        "en": "{name} does not answer: {detail}",
+        "pt-BR": "{name} não responde: {detail}",
+    },
+    # -- /models -------------------------------------------------------------------------------
+    "models.none": {"en": "No models known yet.", "pt-BR": "Nenhum modelo conhecido ainda."},
+    "models.title": {"en": "Models ({count}):", "pt-BR": "Modelos ({count}):"},
+    "models.loaded": {"en": "loaded", "pt-BR": "carregado"},
+    "models.col.model": {"en": "model", "pt-BR": "modelo"},
+    "models.col.provider": {"en": "server", "pt-BR": "servidor"},
+    "models.col.state": {"en": "state", "pt-BR": "estado"},
+    "models.col.size": {"en": "size", "pt-BR": "tamanho"},
+    "models.col.quant": {"en": "quant", "pt-BR": "quant"},
+    "models.col.context": {"en": "context", "pt-BR": "contexto"},
+    "models.not_found": {
+        "en": "No server offers a model named “{model}”. Try /models list.",
+        "pt-BR": "Nenhum servidor oferece um modelo chamado “{model}”. Tente /models list.",
+    },
+    "models.ambiguous": {
+        "en": "Several servers offer “{model}” ({providers}); add --provider <name>.",
+        "pt-BR": "Vários servidores oferecem “{model}” ({providers}); adicione --provider <nome>.",
+    },
+    "models.loaded_ok": {
+        "en": "Loaded {model} on {provider} (instance {instance}) in {seconds} s.",
+        "pt-BR": "{model} carregado em {provider} (instância {instance}) em {seconds} s.",
+    },
+    "models.unloaded_ok": {"en": "Unloaded {model} from {provider}.", "pt-BR": "{model} descarregado de {provider}."},
+    "models.no_recommendation": {
+        "en": "No available model suits “{task}”.",
+        "pt-BR": "Nenhum modelo disponível serve para “{task}”.",
+    },
+    "models.recommend_title": {"en": "Best models for {task}:", "pt-BR": "Melhores modelos para {task}:"},
+    "models.download_started": {
+        "en": "Downloading {model} on {provider}…",
+        "pt-BR": "Baixando {model} em {provider}…",
+    },
+    "models.download_done": {"en": "Downloaded {model} on {provider}.", "pt-BR": "{model} baixado em {provider}."},
     # -- /ais ----------------------------------------------------------------------------------
     "ais.none": {"en": "No specialised AIs are defined.", "pt-BR": "Nenhuma IA especializada definida."},
     "ais.title": {"en": "Specialised AIs ({count}):", "pt-BR": "IAs especializadas ({count}):"},
@@ -242,7 +283,7 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
         "pt-BR": "Lista os servidores de LLM: tipo, endereço, saúde e quantos modelos cada um oferece.",
     },
     "help.providers test": {
-        "pt-BR": "Testa a conexão com um servidor de LLM e conta os modelos que ele oferece.",
+        "pt-BR": "Verifica se um servidor de LLM responde, com que rapidez, e quantos modelos oferece.",
     },
     "help.ais": {
         "pt-BR": "Lista as IAs especializadas (planejador, programador, revisor…) e o modelo que cada uma prefere.",
@@ -263,7 +304,7 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
         "pt-BR": "Pesquisa a base de conhecimento por palavras nos títulos e no conteúdo: /kb search <palavras…>.",
     },
     "help.kb add": {
-        "pt-BR": "Adiciona um documento à base de conhecimento: /kb add \"<título>\" <conteúdo…>.",
+        "pt-BR": 'Adiciona um documento à base de conhecimento: /kb add "<título>" <conteúdo…>.',
     },
     "help.logs": {
         "pt-BR": "Mostra os registros de execução mais recentes: /logs [--task N] [--level error] [--limit 10].",
@@ -281,7 +322,7 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
         "pt-BR": "Lista as contas de APIs pagas e seus créditos restantes (administradores veem as de todos).",
     },
     "help.models list": {
-        "pt-BR": "Lista os modelos de cada servidor, carregados primeiro.",
+        "pt-BR": "Lista os modelos de cada servidor, carregados primeiro: /models list [--provider nome].",
     },
     "help.models load": {
         "pt-BR": "Carrega um modelo na memória: /models load <modelo> [--provider nome].",
@@ -290,7 +331,7 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
         "pt-BR": "Descarrega um modelo da memória: /models unload <modelo> [--provider nome].",
     },
     "help.models recommend": {
-        "pt-BR": "Recomenda modelos para um tipo de tarefa: /models recommend <categoria>.",
+        "pt-BR": "Recomenda modelos para um tipo de tarefa (code, chat, reasoning…): /models recommend <tarefa>.",
     },
     "help.models download": {
         "pt-BR": "Baixa um modelo com barra de progresso: /models download <modelo> [--provider nome].",

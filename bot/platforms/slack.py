@@ -37,8 +37,8 @@ from bot.platforms.events import (
 from bot.platforms.streaming import EditBudget
 
 if TYPE_CHECKING:
-    from slack_bolt.async_app import AsyncApp
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+    from slack_bolt.async_app import AsyncApp
     from slack_sdk.web.async_client import AsyncWebClient
 
     from bot.settings import SlackSettings
@@ -50,8 +50,16 @@ PLATFORM = "slack"
 SLACK_LIMITS = StreamLimits(max_chars=3900, min_edit_interval_s=1.0, max_messages=5)
 CHAT_UPDATE_PER_MINUTE = 50  # Tier 3, shared by every stream in the workspace
 NATIVE_UNAVAILABLE = frozenset(
-    {"unknown_method", "method_not_supported_for_channel_type", "not_allowed_token_type", "missing_scope",
-     "feature_not_enabled", "not_allowed", "invalid_arguments", "unsupported_team"}
+    {
+        "unknown_method",
+        "method_not_supported_for_channel_type",
+        "not_allowed_token_type",
+        "missing_scope",
+        "feature_not_enabled",
+        "not_allowed",
+        "invalid_arguments",
+        "unsupported_team",
+    }
 )
 _MENTION = re.compile(r"<@[A-Z0-9]+>\s*")
 SEVERITY_EMOJI = {"critical": ":red_circle:", "warning": ":warning:", "info": ":information_source:"}
@@ -142,9 +150,7 @@ class SlackNativeStream(NativeStream):
     async def stop(self, delta: str = "") -> None:
         """chat.stopStream with the last text."""
         try:
-            await self._client.chat_stopStream(
-                channel=self._channel, ts=self.message_id, markdown_text=delta or None
-            )
+            await self._client.chat_stopStream(channel=self._channel, ts=self.message_id, markdown_text=delta or None)
         except Exception as err:  # translated for the renderer
             raise _slack_error(err, "chat.stopStream") from err
 
@@ -330,7 +336,10 @@ class SlackPlatform(Platform):
         )
         request.context["retry_num"] = headers.get("X-Slack-Retry-Num") or headers.get("x-slack-retry-num")
         response = await self.app.async_dispatch(request)
-        flat = {key: values[0] if isinstance(values, list | tuple) else str(values) for key, values in response.headers.items()}
+        flat = {
+            key: values[0] if isinstance(values, list | tuple) else str(values)
+            for key, values in response.headers.items()
+        }
         return response.status, flat, (response.body or "").encode("utf-8")
 
     # -- listeners: Slack payloads become neutral events here ----------------------------------------
@@ -413,7 +422,9 @@ class SlackPlatform(Platform):
         user = body.get("user") or {}
         channel = (body.get("channel") or {}).get("id") or ""
         message = body.get("message") or {}
-        sender = self._sender(str(user.get("id")), name=user.get("username"), team_id=(body.get("team") or {}).get("id"))
+        sender = self._sender(
+            str(user.get("id")), name=user.get("username"), team_id=(body.get("team") or {}).get("id")
+        )
         place = Place(
             platform=PLATFORM, channel_id=str(channel), thread_id=message.get("thread_ts") or message.get("ts")
         )

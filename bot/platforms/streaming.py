@@ -17,6 +17,7 @@ the model produced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -160,17 +161,13 @@ class StreamRenderer:
             if self._closing:
                 return
             interval = (
-                self._limits.native_append_interval_s
-                if self._native is not None
-                else self._limits.min_edit_interval_s
+                self._limits.native_append_interval_s if self._native is not None else self._limits.min_edit_interval_s
             )
             wait = self._last_update + interval - time.monotonic()
             if self._has_shown_something() and wait > 0:
                 # Coalesce: deltas keep arriving while we wait; `finish` cuts the wait short.
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closed_event(), timeout=wait)
-                except TimeoutError:
-                    pass
                 if self._closing:
                     return
             await self._flush(final=False)
@@ -210,7 +207,7 @@ class StreamRenderer:
         while len(pending) > keep:
             chunk = pending[: limits.native_chunk_chars] if not final else pending[: max(1, len(pending) - keep)]
             chunk = chunk[: limits.native_chunk_chars]
-            await self._retrying(lambda: native.append(chunk))
+            await self._retrying(functools.partial(native.append, chunk))
             self.result.native_appends += 1
             self._native_sent += len(chunk)
             pending = pending[len(chunk) :]

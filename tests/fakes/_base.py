@@ -47,6 +47,11 @@ class ModelScript:
       embedding_dims
     Usage:
       prompt_tokens     reported prompt token count (default: word count of the prompt)
+    Per-request answers (a model playing several roles, e.g. planner, executor and validator):
+      structured        {schema title: JSON value}: a request whose structured-output schema
+                        (`response_format.json_schema.schema.title`, Ollama `format.title`) has that
+                        title gets that value as JSON; other requests get `answer`
+      responder         a function of the request body returning the answer text (wins over all)
     """
 
     answer: str = "ok"
@@ -72,6 +77,23 @@ class ModelScript:
     vram_bytes: int = 0
     embedding_dims: int = 8
     prompt_tokens: int | None = None
+    structured: dict[str, Any] = field(default_factory=dict)
+    responder: Callable[[dict[str, Any]], str] | None = None
+
+    def text_for(self, body: Any) -> str:
+        """The answer to one request body (see `structured` and `responder`)."""
+        if self.responder is not None and isinstance(body, dict):
+            return self.responder(body)
+        title = schema_title(body)
+        if title is not None and title in self.structured:
+            return json.dumps(self.structured[title])
+        return self.text()
+
+    def tokens_for(self, body: Any) -> list[str]:
+        """The tokens streamed for one request body."""
+        if self.responder is None and schema_title(body) not in self.structured:
+            return self.token_list()
+        return _TOKEN_RE.findall(self.text_for(body)) or [""]
 
     def text(self) -> str:
         """The full answer text."""
@@ -86,6 +108,17 @@ class ModelScript:
         if self.tokens is not None and self.json_answer is None:
             return list(self.tokens)
         return _TOKEN_RE.findall(self.text()) or [""]
+
+
+def schema_title(body: Any) -> str | None:
+    """The title of the structured-output schema a request asks for, if any."""
+    if not isinstance(body, dict):
+        return None
+    schema: Any = body.get("format")
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        schema = (response_format.get("json_schema") or {}).get("schema")
+    return schema.get("title") if isinstance(schema, dict) else None
 
 
 @dataclass(frozen=True)

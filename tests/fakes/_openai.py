@@ -94,12 +94,12 @@ class OpenAIProtocolMixin(FakeLLMServer):
             )
         self.on_model_used(name, script)
         messages: list[Any] = body["messages"]
-        tokens = script.token_list()
+        tokens = script.tokens_for(body)
         prefix = ""
         last = messages[-1] if messages else None
         if isinstance(last, dict) and last.get("role") == "assistant":
             prefix = str(last.get("content", ""))
-            full = script.text()
+            full = script.text_for(body)
             if full.startswith(prefix):
                 tokens = _TOKEN_RE.findall(full[len(prefix) :]) or [""]
         finish = "stop"

@@ -78,3 +78,30 @@ async def chat_core(url: str, *, policy: PermissionPolicy | None = None) -> Asyn
         yield ChatCore(engine=engine, sessions=sessions, dispatcher=dispatcher, user_ids=user_ids)
     finally:
         await engine.dispose()
+
+
+_TEMPLATE_CACHE: dict[str, str] = {}
+
+
+def migrated_sqlite_template(directory: str) -> str:
+    """Path of a SQLite file at head with seed data, migrated once per test run and then copied."""
+    import asyncio
+    from pathlib import Path
+
+    from bot.db.migrate import upgrade_to_head
+
+    if "path" not in _TEMPLATE_CACHE:
+        path = Path(directory) / "template.db"
+        asyncio.run(upgrade_to_head(f"sqlite+aiosqlite:///{path}", backup_dir=None))
+        _TEMPLATE_CACHE["path"] = str(path)
+    return _TEMPLATE_CACHE["path"]
+
+
+def fresh_sqlite_copy(template: str, target_dir: str) -> str:
+    """A private copy of the migrated template for one test: its URL."""
+    import shutil
+    from pathlib import Path
+
+    target = Path(target_dir) / "chat.db"
+    shutil.copyfile(template, target)
+    return f"sqlite+aiosqlite:///{target}"

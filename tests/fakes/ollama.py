@@ -231,11 +231,12 @@ class FakeOllama(FakeLLMServer):
                 final["response"] = ""
             return web.json_response(final)
         self._apply_keep_alive(key, script, body.get("keep_alive"))
-        tokens = script.token_list()
+        tokens = script.tokens_for(body)
         if chat and isinstance(messages, list) and messages and messages[-1].get("role") == "assistant":
             prefix = str(messages[-1].get("content", ""))
-            if script.text().startswith(prefix):
-                tokens = _TOKEN_RE.findall(script.text()[len(prefix) :]) or [""]
+            full = script.text_for(body)
+            if full.startswith(prefix):
+                tokens = _TOKEN_RE.findall(full[len(prefix) :]) or [""]
         options = body.get("options") if isinstance(body.get("options"), dict) else {}
         done_reason = "stop"
         num_predict = options.get("num_predict")

@@ -103,8 +103,8 @@ class FakeSlack(LoopbackServer):
     def __init__(
         self,
         *,
-        bot_token: str = "xoxb-test-token",
-        app_token: str = "xapp-test-token",
+        bot_token: str = "xoxb-test-token",  # noqa: S107 - the fake\'s own test credential
+        app_token: str = "xapp-test-token",  # noqa: S107 - the fake\'s own test credential
         team_id: str = "T0001",
         bot_user_id: str = "UBOT",
         streaming_supported: bool = True,
@@ -272,7 +272,12 @@ class FakeSlack(LoopbackServer):
             blocks = json.loads(blocks)
         text = str(args.get("text") or "")
         self.messages[ts] = SlackMessageState(
-            channel=args["channel"], ts=ts, text=text, thread_ts=args.get("thread_ts"), blocks=blocks, versions=[text],
+            channel=args["channel"],
+            ts=ts,
+            text=text,
+            thread_ts=args.get("thread_ts"),
+            blocks=blocks,
+            versions=[text],
             update_times=[time.monotonic()],
         )
         return {"ok": True, "channel": args["channel"], "ts": ts, "message": {"text": text, "ts": ts}}
@@ -298,8 +303,13 @@ class FakeSlack(LoopbackServer):
         ts = self._next_ts()
         text = str(args.get("markdown_text") or "")
         self.messages[ts] = SlackMessageState(
-            channel=args["channel"], ts=ts, text=text, thread_ts=args["thread_ts"], versions=[text],
-            update_times=[time.monotonic()], streaming=True,
+            channel=args["channel"],
+            ts=ts,
+            text=text,
+            thread_ts=args["thread_ts"],
+            versions=[text],
+            update_times=[time.monotonic()],
+            streaming=True,
         )
         return {"ok": True, "channel": args["channel"], "ts": ts}
 

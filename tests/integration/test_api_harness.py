@@ -40,8 +40,9 @@ class Api:
         """Headers carrying the token with `scope`."""
         return {"Authorization": f"Bearer {self.tokens[scope]}"}
 
-    async def call(self, method: str, path: str, *, scope: str = "admin", expect: int | None = None,
-                   **kwargs: Any) -> tuple[int, Any, Any]:
+    async def call(
+        self, method: str, path: str, *, scope: str = "admin", expect: int | None = None, **kwargs: Any
+    ) -> tuple[int, Any, Any]:
         """Send a request; return (status, parsed body or None, headers)."""
         headers = {**self.auth(scope), **kwargs.pop("headers", {})}
         async with self.client.request(method, path, headers=headers, allow_redirects=False, **kwargs) as response:
@@ -54,8 +55,9 @@ class Api:
             return response.status, body, response.headers
 
 
-async def make_api(url: str, tmp_path: Path, *, options: ApiOptions | None = None,
-                   services: dict[str, Any] | None = None) -> Api:
+async def make_api(
+    url: str, tmp_path: Path, *, options: ApiOptions | None = None, services: dict[str, Any] | None = None
+) -> Api:
     """Build and start the API over `url` (already migrated)."""
     engine = create_engine(url)
     sessions = session_factory(engine)
@@ -63,7 +65,9 @@ async def make_api(url: str, tmp_path: Path, *, options: ApiOptions | None = Non
     bus = EventBus()
     settings = Settings(data_dir=tmp_path)
     app = create_app(
-        settings=settings, session_factory=sessions, bus=bus,
+        settings=settings,
+        session_factory=sessions,
+        bus=bus,
         services=Services(vault=vault, **(services or {})),
         options=options or ApiOptions(rate_per_second=10_000, burst=10_000, token_cache_seconds=0),
     )
@@ -73,8 +77,9 @@ async def make_api(url: str, tmp_path: Path, *, options: ApiOptions | None = Non
         admin = (await session.execute(select(User).where(User.role == UserRole.ADMIN).limit(1))).scalar_one()
         api = Api(client=client, engine=engine, sessions=sessions, bus=bus, vault=vault, user_id=admin.id)
         for scope in ("read", "write", "admin"):
-            api.tokens[scope] = (await mint_token(session, user_id=admin.id, name=f"test-{scope}",
-                                                  scopes=[scope])).secret
+            api.tokens[scope] = (
+                await mint_token(session, user_id=admin.id, name=f"test-{scope}", scopes=[scope])
+            ).secret
         await session.commit()
     return api
 

@@ -130,9 +130,7 @@ async def test_present_file_is_not_downloaded_again(hub: FakeHub, tmp_path: Path
     ("repo", "path"),
     [("../etc", "passwd"), ("acme/tiny-gguf", "../../secret"), ("acme/tiny-gguf", "/abs"), ("no-slash", "x")],
 )
-async def test_hostile_names_are_refused_before_any_request(
-    hub: FakeHub, tmp_path: Path, repo: str, path: str
-) -> None:
+async def test_hostile_names_are_refused_before_any_request(hub: FakeHub, tmp_path: Path, repo: str, path: str) -> None:
     async with HubClient(base_url=hub.url) as client:
         with pytest.raises(DownloadError):
             [event async for event in client.download(repo, path, dest=tmp_path / "x")]

@@ -28,23 +28,15 @@ OAUTH = ("oauth_states", "code_verifier_blob")
 
 
 async def prepare_schema(url: str) -> None:
-    """The schema at head: Alembic when the migrations exist, else the models' metadata."""
-    if True:  # TEMPORARY until the migrations land
-        from bot.db.base import Base
+    """The real schema at head, with the initial data, as `orchestrator migrate` leaves it."""
+    from bot.db.migrate import upgrade_to_head
 
-        engine = create_engine(url)
-        try:
-            async with engine.begin() as connection:
-                await connection.run_sync(Base.metadata.create_all)
-        finally:
-            await engine.dispose()
-        return
+    await upgrade_to_head(url, backup_dir=None)
 
 
 @pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    await prepare_schema(db_url)
-    engine = create_engine(db_url)
+async def engine(migrated_db: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(migrated_db)
     try:
         yield engine
     finally:
@@ -261,8 +253,8 @@ def cli_env(tmp_path: Path, db_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-async def test_cli_init_list_rotate_retire(engine: AsyncEngine, db_url: str, tmp_path: Path) -> None:
-    env = cli_env(tmp_path, db_url)
+async def test_cli_init_list_rotate_retire(engine: AsyncEngine, migrated_db: str, tmp_path: Path) -> None:
+    env = cli_env(tmp_path, migrated_db)
     path = tmp_path / "state" / "keyring.json"
 
     created = run_cli("keys", "init", env=env)
@@ -360,7 +352,7 @@ async def test_killed_rotation_loses_no_secret(sqlite_engine: AsyncEngine, sqlit
     env = cli_env(tmp_path, sqlite_url)
     path = tmp_path / "state" / "keyring.json"
     keyring = create_keyring(path)
-    plaintexts = await seed(engine, Vault(keyring=keyring), credentials=300, oauth_states=0)
+    plaintexts = await seed(engine, Vault(keyring=keyring), credentials=150, oauth_states=0)
     before = path.stat().st_ino
     process = subprocess.Popen(
         [sys.executable, "-m", "bot", "keys", "rotate"],
@@ -381,5 +373,5 @@ async def test_killed_rotation_loses_no_secret(sqlite_engine: AsyncEngine, sqlit
     assert open_all(Vault(keyring=survivor), await stored_blobs(engine)) == plaintexts
     # And a rotation run afterwards completes normally.
     report = await rotate_keys(engine=engine, keyring=survivor)
-    assert report.total == 300
+    assert report.total == 150
     assert open_all(Vault(keyring=read_keyring_file(path)), await stored_blobs(engine)) == plaintexts

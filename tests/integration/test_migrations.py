@@ -3,12 +3,14 @@ clear refusals (newer, older, half-applied, unreachable)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,9 @@ from bot.db.migrate import (
     head_revision,
     upgrade_to_head,
 )
-from bot.db.models import Base, CredentialTemplate, SpecializedAi, Task, User
-from bot.db.seed import credential_templates
+from bot.db.models import Base, CredentialTemplate, SpecializedAi, User
+from bot.db.seed import SPECIALIZED_AIS, credential_templates
+from tests.conftest import MARIADB_HOST, MARIADB_PORT, _admin_execute, require_mariadb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +69,27 @@ async def _counts(url: str) -> dict[str, int]:
         await engine.dispose()
 
 
-async def test_up_down_up_is_clean_and_idempotent(db_url: str) -> None:
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def shared_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One migrated database per backend for the tests that only read it or put it back as it was
+    (a MariaDB migration takes seconds)."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('shared') / 'orchestrator.db'}"
+        asyncio.run(upgrade_to_head(url, backup_dir=None))
+        yield url
+        return
+    require_mariadb()
+    name = f"orch_test_migr_{uuid.uuid4().hex[:10]}"
+    _admin_execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    try:
+        url = f"mysql+aiomysql://root@{MARIADB_HOST}:{MARIADB_PORT}/{name}"
+        asyncio.run(upgrade_to_head(url, backup_dir=None))
+        yield url
+    finally:
+        _admin_execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+async def test_up_down_up_is_clean_and_idempotent(db_url: str, tmp_path: Path) -> None:
     first = await upgrade_to_head(db_url, backup_dir=None)
     assert first.from_revision is None
     assert first.to_revision == head_revision()
@@ -79,14 +102,45 @@ async def test_up_down_up_is_clean_and_idempotent(db_url: str) -> None:
     assert all(count == 0 for count in again.seeded.values())
     assert await check_at_head(db_url) == head_revision()
 
-    down = await downgrade(db_url, "base")
+    await _execute(
+        db_url,
+        "INSERT INTO tasks (title, description, status, priority, origin, created_at, updated_at) "
+        "VALUES ('precious work', '', 'pending', 0, '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    )
+    down = await downgrade(db_url, "base", backup_dir=tmp_path / "backups")
     assert down.to_revision is None
+    _assert_backup_holds_the_task(db_url, down.backup_path)
     assert await _tables(db_url) == {"alembic_version"}
     assert await current_revision(db_url) is None
+    # An older schema (here: base, after the downgrade) is named with the fix.
+    with pytest.raises(RevisionMismatchError) as older:
+        await check_at_head(db_url)
+    assert f"needs revision {head_revision()!r}" in str(older.value)
+    assert older.value.hint is not None
+    assert "orchestrator migrate" in older.value.hint
 
     up = await upgrade_to_head(db_url, backup_dir=None)
     assert up.applied == (head_revision(),)
     assert set(Base.metadata.tables) <= await _tables(db_url)
+
+
+def _assert_backup_holds_the_task(url: str, backup: Path | None) -> None:
+    """The copy written before a downgrade is a valid database with the rows about to be dropped."""
+    assert backup is not None
+    if is_sqlite(url):
+        copy = sqlite3.connect(backup)
+        try:
+            assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert copy.execute("SELECT title FROM tasks").fetchall() == [("precious work",)]
+            assert copy.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision(),)
+        finally:
+            copy.close()
+        return
+    dump = backup.read_text(encoding="utf-8")
+    assert "CREATE TABLE `tasks`" in dump
+    assert "precious work" in dump
+    assert "CREATE TABLE `alembic_version`" in dump
+    assert f"('{head_revision()}')" in dump
 
 
 def _reflect(connection: Connection) -> dict[str, Any]:
@@ -113,8 +167,8 @@ def _reflect(connection: Connection) -> dict[str, Any]:
     return schema
 
 
-async def test_every_table_column_key_and_index_of_the_models_exists(migrated_db: str) -> None:
-    reflected = await _inspect(migrated_db, _reflect)
+async def test_every_table_column_key_and_index_of_the_models_exists(shared_db: str) -> None:
+    reflected = await _inspect(shared_db, _reflect)
     for table in Base.metadata.sorted_tables:
         assert table.name in reflected, f"table {table.name} missing"
         actual = reflected[table.name]
@@ -137,8 +191,8 @@ async def test_every_table_column_key_and_index_of_the_models_exists(migrated_db
         assert expected_indexes <= actual["indexes"] | actual["uniques"], table.name
 
 
-async def test_the_engine_query_indexes_exist(migrated_db: str) -> None:
-    reflected = await _inspect(migrated_db, _reflect)
+async def test_the_engine_query_indexes_exist(shared_db: str) -> None:
+    reflected = await _inspect(shared_db, _reflect)
     assert ("task_id", "status") in reflected["subtasks"]["indexes"]
     assert ("status", "priority", "created_at") in reflected["tasks"]["indexes"]
     for column in ("task_id", "model_id", "level"):
@@ -149,13 +203,13 @@ async def test_the_engine_query_indexes_exist(migrated_db: str) -> None:
     assert ("platform", "platform_user_id") in reflected["user_identities"]["uniques"]
 
 
-async def test_models_and_migrations_agree(migrated_db: str) -> None:
+async def test_models_and_migrations_agree(shared_db: str) -> None:
     """Autogenerate against the migrated database finds nothing to add: no drift."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
     def diff(connection: Connection) -> list[Any]:
-        context = MigrationContext.configure(connection, opts={"compare_type": is_sqlite(migrated_db)})
+        context = MigrationContext.configure(connection, opts={"compare_type": is_sqlite(shared_db)})
         return [
             change
             for change in compare_metadata(context, Base.metadata)
@@ -163,10 +217,11 @@ async def test_models_and_migrations_agree(migrated_db: str) -> None:
             if not (isinstance(change, tuple) and change[0] == "remove_index")
         ]
 
-    assert await _inspect(migrated_db, diff) == []
+    assert await _inspect(shared_db, diff) == []
 
 
-async def test_initial_data_is_idempotent_and_keeps_user_edits(migrated_db: str) -> None:
+async def test_initial_data_is_idempotent_and_keeps_user_edits(shared_db: str) -> None:
+    migrated_db = shared_db
     counts = await _counts(migrated_db)
     assert counts == {
         "users": 1,
@@ -205,6 +260,10 @@ async def test_initial_data_is_idempotent_and_keeps_user_edits(migrated_db: str)
                 await session.execute(select(CredentialTemplate).where(CredentialTemplate.service == "github"))
             ).scalar_one()
             assert github.display_name == "GitHub Enterprise"
+            # Put the shared database back as the seed made it.
+            planner.system_prompt = next(s for s in SPECIALIZED_AIS if s["name"] == "planner")["system_prompt"]
+            github.display_name = "GitHub"
+            await session.commit()
     finally:
         await engine.dispose()
 
@@ -281,46 +340,18 @@ async def test_sqlite_backup_before_upgrade_holds_the_existing_rows(sqlite_url: 
     assert len(list(backups.iterdir())) == 1
 
 
-async def test_sqlite_backup_before_downgrade_holds_orchestrator_rows(sqlite_url: str, tmp_path: Path) -> None:
-    migrated_db = sqlite_url
-    await upgrade_to_head(migrated_db, backup_dir=None)
-    engine = create_engine(migrated_db)
+async def test_newer_database_is_refused_and_left_alone(shared_db: str) -> None:
+    await _execute(shared_db, "UPDATE alembic_version SET version_num = '9999_from_the_future'")
     try:
-        async with session_factory(engine)() as session:
-            session.add(Task(title="precious work", description="x" * 1000))
-            await session.commit()
+        await _assert_refused_as_newer(shared_db)
     finally:
-        await engine.dispose()
-    report = await downgrade(migrated_db, "base", backup_dir=tmp_path / "backups")
-    assert report.backup_path is not None
-    copy = sqlite3.connect(report.backup_path)
-    try:
-        assert copy.execute("SELECT title FROM tasks").fetchall() == [("precious work",)]
-        assert copy.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision(),)
-    finally:
-        copy.close()
+        await _execute(shared_db, f"UPDATE alembic_version SET version_num = '{head_revision()}'")
+    assert await check_at_head(shared_db) == head_revision()
 
 
-@pytest.mark.mariadb
-async def test_mariadb_dump_before_downgrade(mariadb_url: str, tmp_path: Path) -> None:
-    await upgrade_to_head(mariadb_url, backup_dir=None)
-    await _execute(
-        mariadb_url,
-        "INSERT INTO tasks (title, description, status, priority, origin, "
-        "created_at, updated_at) VALUES ('dumped task', '', 'pending', 0, '{}', NOW(6), NOW(6))",
-    )
-    report = await downgrade(mariadb_url, "base", backup_dir=tmp_path / "backups")
-    assert report.backup_path is not None, report.backup.note
-    dump = report.backup_path.read_text(encoding="utf-8")
-    assert "CREATE TABLE `tasks`" in dump
-    assert "dumped task" in dump
-    assert "alembic_version" in dump
-
-
-async def test_newer_database_is_refused_and_left_alone(migrated_db: str) -> None:
-    await _execute(migrated_db, "UPDATE alembic_version SET version_num = '9999_from_the_future'")
+async def _assert_refused_as_newer(shared_db: str) -> None:
     with pytest.raises(RevisionMismatchError) as caught:
-        await check_at_head(migrated_db)
+        await check_at_head(shared_db)
     message = str(caught.value)
     assert "9999_from_the_future" in message
     assert "newer version" in message
@@ -329,25 +360,17 @@ async def test_newer_database_is_refused_and_left_alone(migrated_db: str) -> Non
     assert "never downgraded automatically" in caught.value.hint
 
     with pytest.raises(RevisionMismatchError, match="newer version"):
-        await upgrade_to_head(migrated_db, backup_dir=None)
-    assert await current_revision(migrated_db) == "9999_from_the_future"
-    assert set(Base.metadata.tables) <= await _tables(migrated_db)
+        await upgrade_to_head(shared_db, backup_dir=None)
+    assert await current_revision(shared_db) == "9999_from_the_future"
+    assert set(Base.metadata.tables) <= await _tables(shared_db)
 
 
-async def test_older_database_is_reported_with_the_fix(db_url: str) -> None:
+async def test_never_migrated_database_is_reported_with_the_fix(db_url: str) -> None:
     with pytest.raises(RevisionMismatchError) as never:
         await check_at_head(db_url)
     assert "no schema yet" in str(never.value)
     assert never.value.hint is not None
     assert "orchestrator migrate" in never.value.hint
-
-    await upgrade_to_head(db_url, backup_dir=None)
-    await downgrade(db_url, "base")
-    with pytest.raises(RevisionMismatchError) as older:
-        await check_at_head(db_url)
-    assert f"needs revision {head_revision()!r}" in str(older.value)
-    assert older.value.hint is not None
-    assert "orchestrator migrate" in older.value.hint
 
 
 async def test_half_applied_schema_is_detected_not_papered_over(db_url: str) -> None:
@@ -372,12 +395,21 @@ async def test_half_applied_schema_is_detected_not_papered_over(db_url: str) -> 
     assert await _tables(db_url) == {"users", "credential_templates"}
 
 
-async def test_head_revision_with_missing_tables_is_inconsistent(migrated_db: str) -> None:
-    await _execute(migrated_db, "DROP TABLE metric_samples")
-    with pytest.raises(MigrationError, match="tables are missing: metric_samples"):
-        await check_at_head(migrated_db)
-    with pytest.raises(MigrationError, match="tables are missing: metric_samples"):
-        await upgrade_to_head(migrated_db, backup_dir=None)
+async def test_head_revision_with_missing_tables_is_inconsistent(shared_db: str) -> None:
+    await _execute(shared_db, "DROP TABLE metric_samples")
+    try:
+        with pytest.raises(MigrationError, match="tables are missing: metric_samples"):
+            await check_at_head(shared_db)
+        with pytest.raises(MigrationError, match="tables are missing: metric_samples"):
+            await upgrade_to_head(shared_db, backup_dir=None)
+    finally:
+        engine = create_engine(shared_db)
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(lambda c: Base.metadata.tables["metric_samples"].create(c))
+        finally:
+            await engine.dispose()
+    assert await check_at_head(shared_db) == head_revision()
 
 
 async def test_a_failing_migration_leaves_sqlite_untouched(sqlite_url: str) -> None:
@@ -508,3 +540,26 @@ def test_cli_downgrade_asks_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     finally:
         connection.close()
     assert not (data_dir / "backups").exists()
+
+
+async def test_sqlite_paths_that_cannot_hold_a_database_are_clear_errors(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DatabaseUnreachableError, match="cannot create the folder") as caught:
+        await upgrade_to_head(f"sqlite+aiosqlite:///{blocker / 'orchestrator.db'}", backup_dir=None)
+    assert caught.value.hint is not None
+    assert "writable directory" in caught.value.hint
+
+    not_sqlite = tmp_path / "notes.db"
+    not_sqlite.write_text("these are my notes, not a database\n" * 100)
+    with pytest.raises(DatabaseUnreachableError, match="file is not a database"):
+        await upgrade_to_head(f"sqlite+aiosqlite:///{not_sqlite}", backup_dir=tmp_path / "backups")
+    assert not_sqlite.read_text().startswith("these are my notes")
+
+
+def test_autogenerate_check_finds_no_drift(capsys: pytest.CaptureFixture[str]) -> None:
+    from migrations.autogenerate import main
+
+    assert main(["--check"]) == 0
+    assert "the models match the newest revision" in capsys.readouterr().out
+    assert main([]) == 2

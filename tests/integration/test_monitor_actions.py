@@ -116,7 +116,7 @@ async def test_ram_pressure_unloads_idle_models_at_the_lm_studio_peer(
 
     received: list[Event] = []
     while events.pending():
-        received.append(await events.get(timeout=1))
+        received.append(await asyncio.wait_for(events.get(), 1))
     kinds = [event.kind for event in received]
     assert kinds.count("alert") == 1
     assert kinds.count("alert_cleared") == 1
@@ -217,7 +217,11 @@ async def test_disk_rule_cleans_the_data_dir_and_records_it(
         notices.append(notice)
 
     monitor = Monitor(
-        settings=MonitorSettings(), data_dir=data_dir, sessions=sessions, probes=[source], clock=source.clock,
+        settings=MonitorSettings(),
+        data_dir=data_dir,
+        sessions=sessions,
+        probes=[source],
+        clock=source.clock,
         on_alert=on_alert,
     )
     while source.remaining:
@@ -236,13 +240,17 @@ async def test_a_restart_closes_incidents_left_open_by_the_previous_process(
 ) -> None:
     _engine, sessions = database
     source = ReplaySource.from_file(FIXTURES / "cpu_spike.jsonl")
-    first = Monitor(settings=MonitorSettings(), data_dir=tmp_path, sessions=sessions, probes=[source], clock=source.clock)
+    first = Monitor(
+        settings=MonitorSettings(), data_dir=tmp_path, sessions=sessions, probes=[source], clock=source.clock
+    )
     for _ in range(40):
         await first.rules.process(await first.sampler.sample_once())
     assert first.state.admission_paused  # then the process "dies" without clearing
     (open_alert,) = await rows(sessions, Alert, Alert.open_key == "monitor:cpu_high")
     second = Monitor(
-        settings=MonitorSettings(interval_s=0.05), data_dir=tmp_path, sessions=sessions,
+        settings=MonitorSettings(interval_s=0.05),
+        data_dir=tmp_path,
+        sessions=sessions,
         probes=[ReplaySource.from_file(FIXTURES / "real_host.jsonl", loop=True)],
     )
     await second.start()

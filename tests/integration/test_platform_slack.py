@@ -7,6 +7,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -17,7 +18,7 @@ from bot.platforms.events import Place, Sender
 from bot.platforms.slack import SlackConversation, SlackPlatform
 from bot.platforms.streaming import StreamRenderer
 from bot.settings import SlackSettings
-from tests.fakes.chat_db import ChatCore, chat_core
+from tests.fakes.chat_db import ChatCore, chat_core, fresh_sqlite_copy, migrated_sqlite_template
 from tests.fakes.slack import FakeSlack, wait_until
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -29,9 +30,15 @@ async def fake_slack() -> AsyncIterator[FakeSlack]:
         yield fake
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return migrated_sqlite_template(str(tmp_path_factory.mktemp("chat-template")))
+
+
 @pytest.fixture
-async def core(migrated_db: str) -> AsyncIterator[ChatCore]:
-    async with chat_core(migrated_db) as built:
+async def core(sqlite_template: str, tmp_path: Path) -> AsyncIterator[ChatCore]:
+    # The wire is what is under test here; the commands run on both databases in test_commands.
+    async with chat_core(fresh_sqlite_copy(sqlite_template, str(tmp_path))) as built:
         yield built
 
 
@@ -122,8 +129,11 @@ async def test_socket_mode_reconnects_after_drop(fake_slack: FakeSlack, core: Ch
     await platform.start()
     try:
         await fake_slack.drop_sockets()
-        await wait_until(lambda: fake_slack.connections_opened >= 2 and bool(fake_slack.sockets), timeout=15,
-                         what="socket mode reconnect")
+        await wait_until(
+            lambda: fake_slack.connections_opened >= 2 and bool(fake_slack.sockets),
+            timeout=15,
+            what="socket mode reconnect",
+        )
         await fake_slack.wait_ack(await fake_slack.push("slash_commands", slash("UALICE", "/ais", "")))
         await wait_until(lambda: any("Specialised AIs" in t for t in texts(fake_slack)), what="reply after reconnect")
     finally:
@@ -193,8 +203,10 @@ async def test_http_mode_replayed_event_is_handled_once(fake_slack: FakeSlack, c
         started = time.monotonic()
         assert (await platform.handle_http(body, headers))[0] == 200
         assert time.monotonic() - started < 3.0
-        retry = dict(signed_headers(body), **{"Content-Type": "application/json", "X-Slack-Retry-Num": "1",
-                                              "X-Slack-Retry-Reason": "http_timeout"})
+        retry = dict(
+            signed_headers(body),
+            **{"Content-Type": "application/json", "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"},
+        )
         assert (await platform.handle_http(body, retry))[0] == 200
         await platform.wait_idle()
         await wait_until(lambda: len(fake_slack.calls("chat.postMessage")) >= 1, what="mention reply")
@@ -256,8 +268,7 @@ async def test_edits_fallback_with_429_loses_no_token() -> None:
 
 
 async def test_overflow_goes_to_a_file(fake_slack: FakeSlack) -> None:
-    platform = SlackPlatform(settings=http_settings(fake_slack), sink=RecordingSink(),
-                             native_streaming=False)
+    platform = SlackPlatform(settings=http_settings(fake_slack), sink=RecordingSink(), native_streaming=False)
     await platform.start()
     try:
         conversation = SlackConversation(platform, Place("slack", "C500"), Sender("slack", "UALICE"))
@@ -272,4 +283,35 @@ async def test_overflow_goes_to_a_file(fake_slack: FakeSlack) -> None:
         assert len(messages) == 5 and all(len(m.text) <= 3900 for m in messages)
         assert "".join(m.text for m in messages[:4]) == text[: sum(len(m.text) for m in messages[:4])]
     finally:
+        await platform.stop()
+
+
+async def test_alert_card_then_resolution_in_thread(fake_slack: FakeSlack) -> None:
+    from bot.events import Event, EventBus
+    from bot.platforms.alerts import AlertRelay, AlertTarget
+
+    platform = SlackPlatform(settings=http_settings(fake_slack), sink=RecordingSink())
+    await platform.start()
+    bus = EventBus()
+    relay = AlertRelay(bus=bus, targets=[AlertTarget(platform, Place("slack", "CALERTS"), "en")])
+    await relay.start()
+    try:
+        payload = {
+            "rule": "disk_full",
+            "severity": "warning",
+            "reading": "disk_pct",
+            "messages": {"en": "Disk 88% full: caches cleaned", "pt-BR": "Disco 88% cheio"},
+        }
+        bus.publish(Event(topic="monitor", kind="alert", payload=payload))
+        bus.publish(Event(topic="monitor", kind="sample", payload={}))  # not an alert: ignored
+        await wait_until(lambda: bool(fake_slack.channel_messages("CALERTS")), what="alert")
+        (card,) = fake_slack.channel_messages("CALERTS")
+        assert card.text == "Warning alert: Disk 88% full: caches cleaned"
+        assert card.blocks[0]["text"]["text"].startswith(":warning:")
+        bus.publish(Event(topic="monitor", kind="alert_cleared", payload=dict(payload, severity="info")))
+        await wait_until(lambda: len(fake_slack.channel_messages("CALERTS")) == 2, what="resolution")
+        resolution = fake_slack.channel_messages("CALERTS")[1]
+        assert resolution.thread_ts == card.ts and resolution.text.startswith("Resolved:")
+    finally:
+        await relay.stop()
         await platform.stop()

@@ -53,12 +53,17 @@ async def client(lms: FakeLMStudio) -> AsyncIterator[LMStudioProvider]:
 async def test_lists_models_from_rest_v1(lms: FakeLMStudio, client: LMStudioProvider) -> None:
     models = {m.key: m for m in await client.list_models()}
     qwen = models["qwen/qwen3-4b"]
-    assert qwen.loaded and qwen.instance_ids == ("qwen/qwen3-4b",)
-    assert qwen.context_length == 32768 and qwen.size_bytes == 2_500_000_000
-    assert qwen.quantization == "Q4_K_M" and qwen.parameters == "135M" and qwen.family == "llama"
+    assert qwen.loaded
+    assert qwen.instance_ids == ("qwen/qwen3-4b",)
+    assert qwen.context_length == 32768
+    assert qwen.size_bytes == 2_500_000_000
+    assert qwen.quantization == "Q4_K_M"
+    assert qwen.parameters == "135M"
+    assert qwen.family == "llama"
     assert "trained_for_tool_use" in qwen.capabilities
     assert not models["google/gemma-3-1b"].loaded
-    assert models["nomic-embed"].model_type == "embedding" and "embedding" in models["nomic-embed"].capabilities
+    assert models["nomic-embed"].model_type == "embedding"
+    assert "embedding" in models["nomic-embed"].capabilities
     assert client.api_level == "v1"
     assert lms.calls("/api/v1/models")[0].headers["Authorization"] == "Bearer lm-token"
     await client.list_models()
@@ -72,13 +77,20 @@ async def test_load_with_config_and_unload_by_instance_round_trip(lms: FakeLMStu
         "google/gemma-3-1b",
         LoadConfig(context_length=8192, flash_attention=True, extra={"eval_batch_size": 256, "ignored": 1}),
     )
-    assert loaded.instance_id == "google/gemma-3-1b" and loaded.load_time_s == 0.25
+    assert loaded.instance_id == "google/gemma-3-1b"
+    assert loaded.load_time_s == 0.25
     body = lms.calls("/api/v1/models/load")[0].body
-    assert body == {"model": "google/gemma-3-1b", "context_length": 8192, "flash_attention": True, "eval_batch_size": 256}
+    assert body == {
+        "model": "google/gemma-3-1b",
+        "context_length": 8192,
+        "flash_attention": True,
+        "eval_batch_size": 256,
+    }
     second = await client.load("google/gemma-3-1b")
     assert second.instance_id == "google/gemma-3-1b:2"
     info = await client.model_info("google/gemma-3-1b")
-    assert info.loaded and info.instance_ids == ("google/gemma-3-1b", "google/gemma-3-1b:2")
+    assert info.loaded
+    assert info.instance_ids == ("google/gemma-3-1b", "google/gemma-3-1b:2")
     assert info.context_length == 8192
     await client.unload("google/gemma-3-1b", instance_id="google/gemma-3-1b:2")
     assert lms.loaded_instance_ids("google/gemma-3-1b") == ["google/gemma-3-1b"]
@@ -104,10 +116,13 @@ async def test_load_that_does_not_fit_and_unknown_model(lms: FakeLMStudio, clien
 
 async def test_chat_and_stream_use_openai_compatible_endpoint(lms: FakeLMStudio, client: LMStudioProvider) -> None:
     result = await client.chat(_request("qwen/qwen3-4b"))
-    assert result.text == "Hi from Qwen" and result.usage.prompt_tokens == 2
+    assert result.text == "Hi from Qwen"
+    assert result.usage.prompt_tokens == 2
     deltas = [d async for d in client.stream_chat(_request("qwen/qwen3-4b"))]
     assert "".join(d.text for d in deltas) == "Hi from Qwen"
-    assert deltas[-1].done and deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == 3
+    assert deltas[-1].done
+    assert deltas[-1].usage is not None
+    assert deltas[-1].usage.completion_tokens == 3
     assert len(lms.calls("/v1/chat/completions")) == 2
 
 
@@ -128,7 +143,9 @@ async def test_download_job_progress_until_completed(lms: FakeLMStudio, client: 
     assert lms.calls("/api/v1/models/download")[0].body == {"model": "qwen/qwen3-8b", "quantization": "Q4_K_M"}
     assert [p.status for p in events] == ["downloading"] * 4 + ["completed"]
     assert [p.fraction for p in events] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert events[-1].done and events[0].job_id and events[0].bytes_per_s == 1000.0
+    assert events[-1].done
+    assert events[0].job_id
+    assert events[0].bytes_per_s == 1000.0
     assert "qwen/qwen3-8b" in {m.key for m in await client.list_models()}
     again = [p async for p in client.download("qwen/qwen3-8b")]
     assert [(p.status, p.done) for p in again] == [("already_downloaded", True)]
@@ -137,9 +154,13 @@ async def test_download_job_progress_until_completed(lms: FakeLMStudio, client: 
 async def test_download_failure_and_unknown(lms: FakeLMStudio, client: LMStudioProvider) -> None:
     lms.downloadable["broken/model"] = DownloadScript(total_bytes=1000, steps=5, fail_at_step=2)
     seen: list[str] = []
-    with pytest.raises(DownloadError):
+
+    async def consume() -> None:
         async for progress in client.download("broken/model"):
             seen.append(progress.status)
+
+    with pytest.raises(DownloadError):
+        await consume()
     assert seen == ["downloading", "downloading"]
     with pytest.raises(ModelNotFoundError):
         [p async for p in client.download("nobody/nothing")]
@@ -150,7 +171,8 @@ async def test_bearer_token_required(lms: FakeLMStudio) -> None:
     try:
         with pytest.raises(ProviderHTTPError) as caught:
             await anonymous.list_models()
-        assert caught.value.status == 401 and caught.value.hint
+        assert caught.value.status == 401
+        assert caught.value.hint
         assert not (await anonymous.health()).ok
     finally:
         await anonymous.aclose()
@@ -164,7 +186,8 @@ async def test_falls_back_to_v0_when_v1_is_missing() -> None:
         try:
             models = {m.key: m for m in await client.list_models()}
             assert client.api_level == "v0"
-            assert models["llama-3.2-1b"].loaded and not models["phi-4"].loaded
+            assert models["llama-3.2-1b"].loaded
+            assert not models["phi-4"].loaded
             assert models["llama-3.2-1b"].context_length == 131072
             assert (await client.health()).ok
             loaded = await client.load("phi-4")  # just-in-time loading through a one-token chat

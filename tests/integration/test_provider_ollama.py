@@ -44,31 +44,41 @@ async def client(ollama: FakeOllama) -> AsyncIterator[OllamaProvider]:
 
 async def test_models_merge_tags_and_ps(ollama: FakeOllama, client: OllamaProvider) -> None:
     models = {m.key: m for m in await client.list_models()}
-    assert models["llama3.2"].loaded and models["llama3.2"].vram_bytes == 2_000_000_000
+    assert models["llama3.2"].loaded
+    assert models["llama3.2"].vram_bytes == 2_000_000_000
     assert models["llama3.2"].context_length == 8192
-    assert not models["qwen3:4b"].loaded and models["qwen3:4b"].parameters == "4B"
-    assert models["qwen3:4b"].family == "qwen3" and models["qwen3:4b"].quantization == "Q4_K_M"
+    assert not models["qwen3:4b"].loaded
+    assert models["qwen3:4b"].parameters == "4B"
+    assert models["qwen3:4b"].family == "qwen3"
+    assert models["qwen3:4b"].quantization == "Q4_K_M"
     info = await client.model_info("qwen3:4b")
-    assert info.context_length == 4096 and "completion" in info.capabilities
+    assert info.context_length == 4096
+    assert "completion" in info.capabilities
     with pytest.raises(ModelNotFoundError):
         await client.model_info("nope")
     health = await client.health()
-    assert health.ok and health.version == ollama.version
+    assert health.ok
+    assert health.version == ollama.version
 
 
 async def test_chat_whole_and_streamed(ollama: FakeOllama, client: OllamaProvider) -> None:
     result = await client.chat(_request(temperature=0.1, max_tokens=64, stop=["\n"]))
     assert result.text == "Rayleigh scattering."
-    assert result.usage.completion_tokens == 2 and result.usage.prompt_tokens == 5
+    assert result.usage.completion_tokens == 2
+    assert result.usage.prompt_tokens == 5
     assert result.tokens_per_s == pytest.approx(50.0)
     sent = ollama.calls("/api/chat")[0].body
-    assert sent["options"] == {"temperature": 0.1, "num_predict": 64, "stop": ["\n"]} and sent["stream"] is False
+    assert sent["options"] == {"temperature": 0.1, "num_predict": 64, "stop": ["\n"]}
+    assert sent["stream"] is False
     ollama.script("llama3.2", split_bytes=4, token_delay_s=0.01)
     deltas = [d async for d in client.stream_chat(_request())]
     assert "".join(d.text for d in deltas) == "Rayleigh scattering."
     final = deltas[-1]
-    assert final.done and final.finish_reason == "stop" and final.tokens_per_s == pytest.approx(50.0)
-    assert final.time_to_first_token_ms is not None and final.elapsed_ms is not None
+    assert final.done
+    assert final.finish_reason == "stop"
+    assert final.tokens_per_s == pytest.approx(50.0)
+    assert final.time_to_first_token_ms is not None
+    assert final.elapsed_ms is not None
 
 
 async def test_structured_output_uses_format(ollama: FakeOllama, client: OllamaProvider) -> None:
@@ -101,7 +111,8 @@ async def test_http_errors(ollama: FakeOllama, client: OllamaProvider) -> None:
     ollama.script("llama3.2", fail_status=503, fail_times=1)
     with pytest.raises(ProviderHTTPError) as caught:
         [d async for d in client.stream_chat(_request())]
-    assert caught.value.status == 503 and caught.value.retryable
+    assert caught.value.status == 503
+    assert caught.value.retryable
 
 
 async def test_load_and_unload_round_trip(ollama: FakeOllama, client: OllamaProvider) -> None:
@@ -126,7 +137,8 @@ async def test_pull_progress_and_failures(ollama: FakeOllama, client: OllamaProv
     assert ollama.calls("/api/pull")[0].body == {"model": "tinyllama:q4", "stream": True}
     assert events[0].status == "pulling manifest"
     assert [p.downloaded_bytes for p in events if p.total_bytes] == [1000, 2000, 3000]
-    assert events[-1].status == "success" and events[-1].done
+    assert events[-1].status == "success"
+    assert events[-1].done
     assert "tinyllama:q4" in {m.key for m in await client.list_models(refresh=True)}
     ollama.pullable["evil"] = PullScript(error="digest mismatch, file must be downloaded again")
     with pytest.raises(ChecksumMismatchError):
@@ -137,7 +149,8 @@ async def test_pull_progress_and_failures(ollama: FakeOllama, client: OllamaProv
 
 async def test_embeddings(ollama: FakeOllama, client: OllamaProvider) -> None:
     vectors = await client.embed("llama3.2", ["a", "b"])
-    assert len(vectors) == 2 and len(vectors[0]) == 8
+    assert len(vectors) == 2
+    assert len(vectors[0]) == 8
 
 
 async def test_unreachable_health_never_raises() -> None:
@@ -146,6 +159,7 @@ async def test_unreachable_health_never_raises() -> None:
     client = build_provider(kind="ollama", name="gone", base_url=url)
     try:
         health = await client.health()
-        assert not health.ok and health.latency_ms is None
+        assert not health.ok
+        assert health.latency_ms is None
     finally:
         await client.aclose()

@@ -71,11 +71,16 @@ async def test_stream_split_chunks_and_keepalives(server: FakeOpenAICompat, prov
     deltas = await _collect(provider, _request())
     assert "".join(d.text for d in deltas) == "one two three four five"
     final = deltas[-1]
-    assert final.done and final.finish_reason == "stop"
-    assert final.usage is not None and final.usage.completion_tokens == 5
-    assert final.time_to_first_token_ms is not None and final.time_to_first_token_ms > 0
-    assert final.tokens_per_s is not None and final.tokens_per_s > 0
-    assert final.elapsed_ms is not None and final.elapsed_ms >= final.time_to_first_token_ms
+    assert final.done
+    assert final.finish_reason == "stop"
+    assert final.usage is not None
+    assert final.usage.completion_tokens == 5
+    assert final.time_to_first_token_ms is not None
+    assert final.time_to_first_token_ms > 0
+    assert final.tokens_per_s is not None
+    assert final.tokens_per_s > 0
+    assert final.elapsed_ms is not None
+    assert final.elapsed_ms >= final.time_to_first_token_ms
     assert deltas[0].time_to_first_token_ms is not None
     assert server.calls("/v1/chat/completions")[0].body["stream_options"] == {"include_usage": True}
 
@@ -86,7 +91,8 @@ async def test_structured_output_sends_json_schema(server: FakeOpenAICompat, pro
     result = await provider.chat(_request(json_schema=schema))
     assert json.loads(result.text) == {"verdict": "pass", "score": 0.9}
     fmt = server.calls("/v1/chat/completions")[0].body["response_format"]
-    assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == schema
+    assert fmt["type"] == "json_schema"
+    assert fmt["json_schema"]["schema"] == schema
 
 
 async def test_continue_from_sends_assistant_prefix(server: FakeOpenAICompat, provider: OpenAICompatProvider) -> None:
@@ -113,14 +119,20 @@ async def test_connection_cut_mid_stream_keeps_partial_text(
 ) -> None:
     server.script("smol", answer="a b c d e f g h", drop_after_tokens=5)
     received: list[str] = []
-    with pytest.raises(StreamInterruptedError) as caught:
+
+    async def consume() -> None:
         async for delta in provider.stream_chat(_request()):
             received.append(delta.text)
+
+    with pytest.raises(StreamInterruptedError) as caught:
+        await consume()
     assert caught.value.partial_text == "a b c d e "
     assert "".join(received) == caught.value.partial_text
 
 
-async def test_stream_ending_without_done_is_interrupted(server: FakeOpenAICompat, provider: OpenAICompatProvider) -> None:
+async def test_stream_ending_without_done_is_interrupted(
+    server: FakeOpenAICompat, provider: OpenAICompatProvider
+) -> None:
     server.script("smol", answer="a b c", drop_after_tokens=3)
     with pytest.raises(StreamInterruptedError) as caught:
         await _collect(provider, _request())
@@ -135,10 +147,13 @@ async def test_slow_first_token_hits_first_token_deadline(
         await _collect(provider, _request(first_token_timeout_s=0.2))
 
 
-async def test_slow_first_token_within_deadline_is_fine(server: FakeOpenAICompat, provider: OpenAICompatProvider) -> None:
+async def test_slow_first_token_within_deadline_is_fine(
+    server: FakeOpenAICompat, provider: OpenAICompatProvider
+) -> None:
     server.script("smol", answer="late but fine", first_token_delay_s=0.2)
     deltas = await _collect(provider, _request(first_token_timeout_s=5))
-    assert deltas[-1].time_to_first_token_ms is not None and deltas[-1].time_to_first_token_ms >= 190
+    assert deltas[-1].time_to_first_token_ms is not None
+    assert deltas[-1].time_to_first_token_ms >= 190
 
 
 async def test_total_deadline_mid_stream_keeps_text(server: FakeOpenAICompat, provider: OpenAICompatProvider) -> None:
@@ -152,9 +167,11 @@ async def test_429_carries_retry_after(server: FakeOpenAICompat, provider: OpenA
     server.script("smol", fail_status=429, fail_times=1, retry_after="7")
     with pytest.raises(ProviderRateLimitedError) as caught:
         await provider.chat(_request())
-    assert caught.value.retry_after == 7.0 and caught.value.status == 429 and caught.value.retryable
+    assert caught.value.retry_after == 7.0
+    assert caught.value.status == 429
+    assert caught.value.retryable
+    server.script("smol", fail_times=1)
     with pytest.raises(ProviderRateLimitedError):
-        server.script("smol", fail_times=1)
         await _collect(provider, _request())
     assert (await provider.chat(_request())).text == "ok"
 
@@ -166,7 +183,8 @@ async def test_500_burst_then_recovery_without_client_retries(
     for _ in range(3):
         with pytest.raises(ProviderHTTPError) as caught:
             await provider.chat(_request())
-        assert caught.value.status == 500 and caught.value.retryable
+        assert caught.value.status == 500
+        assert caught.value.retryable
     assert len(server.calls("/v1/chat/completions")) == 3  # no hidden retries in the client
     assert (await provider.chat(_request())).text == "ok"
 
@@ -194,7 +212,8 @@ async def test_connection_refused_is_unavailable() -> None:
         with pytest.raises(ProviderUnavailableError):
             await _collect(client, _request())
         health = await client.health()
-        assert not health.ok and health.detail
+        assert not health.ok
+        assert health.detail
     finally:
         await client.aclose()
 
@@ -209,7 +228,8 @@ async def test_bearer_token_sent_and_bad_token_rejected() -> None:
             assert fake.calls("/v1/chat/completions")[0].headers["Authorization"] == "Bearer sk-right"
             with pytest.raises(ProviderHTTPError) as caught:
                 await bad.chat(_request("gpt"))
-            assert caught.value.status == 401 and not caught.value.retryable
+            assert caught.value.status == 401
+            assert not caught.value.retryable
             assert "sk-wrong" not in str(caught.value)
             assert not good.is_local or fake.url.startswith("http://127.0.0.1")
         finally:
@@ -256,7 +276,9 @@ async def test_router_mode_load_unload_round_trip() -> None:
 async def test_embeddings(server: FakeOpenAICompat, provider: OpenAICompatProvider) -> None:
     server.script("smol", embedding_dims=4)
     vectors = await provider.embed("smol", ["a", "b", "a"])
-    assert len(vectors) == 3 and len(vectors[0]) == 4 and vectors[0] == vectors[2]
+    assert len(vectors) == 3
+    assert len(vectors[0]) == 4
+    assert vectors[0] == vectors[2]
 
 
 async def test_concurrent_streams_share_one_session(server: FakeOpenAICompat, provider: OpenAICompatProvider) -> None:

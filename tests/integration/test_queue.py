@@ -152,7 +152,7 @@ async def test_expired_lease_is_reclaimed_with_checkpoints_kept(engine: AsyncEng
     assert "stopped heartbeating" in (view.error or "")
     [again] = await queue.claim("new-worker", limit=1)
     assert again.fence == 2
-    assert again.attempts == 2
+    assert again.attempts == 1  # an orphaned attempt is refunded
     assert (await queue.checkpoints(job_id))["out"].data == "partial text"
 
 
@@ -508,4 +508,24 @@ async def test_dead_local_worker_leases_are_recovered_at_start(engine: AsyncEngi
 
     await wait_for(done, timeout=5)
     await running.stop()
-    assert (await queue.get(job_id)).result == {"attempt": 2}
+    view = await queue.get(job_id)
+    assert view.result == {"attempt": 1}
+    assert view.fence == 2
+
+
+async def test_a_job_that_keeps_killing_workers_is_dead_lettered(engine: AsyncEngine) -> None:
+    """Orphaned attempts are refunded, but not forever: 3 x max_attempts orphaned claims is poison."""
+    queue = JobQueue(engine)
+    job_id, _ = await queue.enqueue(spec("poison", max_attempts=2))
+    outcomes = []
+    for round_ in range(6):
+        [job] = await queue.claim(f"w{round_}", limit=1)
+        assert job.attempts == 1
+        report = await queue.reclaim_worker(f"w{round_}", reason="worker died")
+        outcomes.append("dead" if report.dead else "requeued")
+        if report.dead:
+            break
+    assert outcomes == ["requeued"] * 5 + ["dead"]
+    view = await queue.get(job_id)
+    assert view.status == "dead"
+    assert "gave up after 6 orphaned claims" in (view.error or "")

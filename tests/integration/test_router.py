@@ -76,8 +76,10 @@ async def test_retries_500_with_backoff_then_succeeds(servers: tuple[FakeOpenAIC
     fake, _ = servers
     fake.script("m", answer="fine", fail_status=500, fail_times=2)
     client = provider("a", fake)
-    router = Router(deployments=[Deployment(provider=client, model="m")],
-                    config=RouterConfig(retries_per_group=2, backoff_base_s=0.01, allowed_fails=5))
+    router = Router(
+        deployments=[Deployment(provider=client, model="m")],
+        config=RouterConfig(retries_per_group=2, backoff_base_s=0.01, allowed_fails=5),
+    )
     result = await router.chat(request())
     assert result.text == "fine"
     assert len(fake.calls(CHAT)) == 3
@@ -177,6 +179,25 @@ async def test_bad_request_is_not_retried_or_sent_elsewhere(
     assert second.calls(CHAT) == []
 
 
+async def test_server_without_the_model_is_skipped_without_waiting(
+    servers: tuple[FakeOpenAICompat, FakeOpenAICompat],
+) -> None:
+    empty, serving = servers
+    empty.script("other", answer="wrong model")
+    serving.script("m", answer="right")
+    clients = [provider("empty", empty), provider("serving", serving)]
+    weighted = [Deployment(provider=c, model="m", weight=w) for c, w in zip(clients, (10, 1), strict=True)]
+    router = Router(deployments=weighted)
+    assert (await router.chat(request())).text == "right"
+
+    lonely = Router(deployments=[weighted[0]], config=RouterConfig(cooldown_s=30))
+    started = time.monotonic()
+    with pytest.raises(NoDeploymentAvailableError, match="not found"):
+        await lonely.chat(request())
+    assert time.monotonic() - started < 5  # not waiting out a cooldown to ask again
+    assert len(empty.calls(CHAT)) == 2
+
+
 async def test_concurrent_requests_spread_over_servers_of_the_same_model(
     servers: tuple[FakeOpenAICompat, FakeOpenAICompat],
 ) -> None:
@@ -250,6 +271,22 @@ async def test_server_error_event_midway_continues_on_the_fallback_model(
     text, _ = await collect(router, request("big"))
     assert text == ANSWER
     assert [call.body["model"] for call in fake.calls(CHAT)] == ["big", "small"]
+
+
+async def test_abandoned_stream_releases_its_deployment(servers: tuple[FakeOpenAICompat, FakeOpenAICompat]) -> None:
+    fake, _ = servers
+    fake.script("m", answer=ANSWER, token_delay_s=0.05)
+    router = Router(deployments=[Deployment(provider=provider("a", fake), model="m")])
+    stream = router.stream_chat(request())
+    first = await anext(stream)
+    assert first.text
+    assert router.health()[0].in_flight == 1
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert router.health()[0].in_flight == 0
+    deadline = time.monotonic() + 5
+    while fake.open_streams and time.monotonic() < deadline:  # the server sees the client go away
+        await asyncio.sleep(0.01)
+    assert fake.open_streams == 0
 
 
 async def test_unreachable_servers_end_in_one_clear_error() -> None:

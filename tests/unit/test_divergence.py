@@ -36,8 +36,11 @@ async def test_threshold_separates_agreeing_from_disagreeing_pairs(embedder: Emb
     wrong = []
     for pair in PAIRS:
         divergence = await measure_divergence(
-            answer=pair["answer"], reference=pair["reference"], score=pair["score"],
-            decision=pair["decision"], embedder=embedder,
+            answer=pair["answer"],
+            reference=pair["reference"],
+            score=pair["score"],
+            decision=pair["decision"],
+            embedder=embedder,
         )
         predicted = "disagree" if divergence.pct > THRESHOLD else "agree"
         if predicted != pair["label"]:
@@ -50,8 +53,11 @@ async def test_threshold_separates_agreeing_from_disagreeing_pairs(embedder: Emb
 async def test_sycophantic_approval_of_a_wrong_fact_still_diverges() -> None:
     """The validator approved (score 80) but its own answer names a different capital."""
     divergence = await measure_divergence(
-        answer="The capital of Australia is Sydney.", reference="Canberra is the capital of Australia.",
-        score=80, decision="approve", embedder=LexicalEmbedder(),
+        answer="The capital of Australia is Sydney.",
+        reference="Canberra is the capital of Australia.",
+        score=80,
+        decision="approve",
+        embedder=LexicalEmbedder(),
     )
     assert divergence.pct > THRESHOLD
     assert any("canberra" in c for c in divergence.conflicts)
@@ -88,8 +94,9 @@ async def test_without_reference_only_the_verdict_counts() -> None:
 
 async def test_empty_and_huge_answers_do_not_crash() -> None:
     huge = "word " * 20000
-    divergence = await measure_divergence(answer=huge, reference="short", score=50, decision="revise",
-                                          embedder=LexicalEmbedder())
+    divergence = await measure_divergence(
+        answer=huge, reference="short", score=50, decision="revise", embedder=LexicalEmbedder()
+    )
     assert 0 <= divergence.pct <= 100
     empty = await measure_divergence(answer="", reference="something", score=50, decision="revise")
     assert 0 <= empty.pct <= 100

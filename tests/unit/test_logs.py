@@ -21,7 +21,9 @@ def test_json_lines_with_bound_context_and_redaction() -> None:
     structlog.contextvars.bind_contextvars(task_id=42)
     try:
         get_logger("test").info(
-            "calling with s3cr3t-value-123 inside", api_token="abc123456", headers={"Authorization": "Bearer zzzzzzzzzz"}
+            "calling with s3cr3t-value-123 inside",
+            api_token="abc123456",
+            headers={"Authorization": "Bearer zzzzzzzzzz"},
         )
     finally:
         structlog.contextvars.clear_contextvars()

@@ -36,7 +36,7 @@ def test_environment_beats_file_beats_default(tmp_path: Path, monkeypatch: pytes
 
 
 def test_orchestrator_toml_in_working_directory_is_found(tmp_path: Path) -> None:
-    (tmp_path / "orchestrator.toml").write_text('[ollama]\nenabled = true\n')
+    (tmp_path / "orchestrator.toml").write_text("[ollama]\nenabled = true\n")
     assert load_settings().ollama.enabled is True
 
 
@@ -62,7 +62,7 @@ def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatc
 
 def test_unknown_keys_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "typo.toml"
-    config.write_text('[admin_api]\nprot = 1\n')
+    config.write_text("[admin_api]\nprot = 1\n")
     monkeypatch.setenv("ORCH_CONFIG", str(config))
     with pytest.raises(ConfigError, match=r"admin_api\.prot: unknown key"):
         load_settings()
@@ -90,7 +90,7 @@ def test_missing_explicit_config_file(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_secret_values_never_echoed_in_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "secret.toml"
-    config.write_text('[slack]\nbot_token = 12345\n')
+    config.write_text("[slack]\nbot_token = 12345\n")
     monkeypatch.setenv("ORCH_CONFIG", str(config))
     with pytest.raises(ConfigError) as caught:
         load_settings()

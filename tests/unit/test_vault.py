@@ -8,6 +8,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -36,7 +37,7 @@ from bot.vault.keyring import (
     read_keyring_file,
 )
 
-WHERE = {"table": "credentials", "column": "secret_blob", "row_id": 7}
+WHERE: dict[str, Any] = {"table": "credentials", "column": "secret_blob", "row_id": 7}
 PLAINTEXT = "xoxb-very-secret-token-123"
 
 

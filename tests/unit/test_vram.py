@@ -61,9 +61,7 @@ def test_kv_cache_formula_matches_llama_3_8b() -> None:
 
 
 def test_estimate_adds_weights_kv_and_overhead() -> None:
-    estimate = estimate_memory(
-        size_bytes=4_920_000_000, parameters=8e9, quantization="Q4_K_M", context_length=8192
-    )
+    estimate = estimate_memory(size_bytes=4_920_000_000, parameters=8e9, quantization="Q4_K_M", context_length=8192)
     assert estimate is not None
     assert estimate.weights_bytes == 4_920_000_000
     assert estimate.kv_cache_bytes == GIB

@@ -43,7 +43,7 @@ from bot.engine.providers.port import (
     StreamInterruptedError,
     Usage,
 )
-from bot.engine.providers.sse import iter_sse
+from bot.engine.providers.sse import SSEParser
 
 # -- wire types (OpenAI chat completions, llama.cpp extensions) ------------------------------
 
@@ -338,60 +338,66 @@ class OpenAICompatProvider:
             connect_deadline_s=min(first_s, total_s),
             what="streaming chat",
         ) as resp:
-            events = aiter(iter_sse(resp.content.iter_any()))
-            while True:
+            parser = SSEParser()
+            content_stream = resp.content
+            ended_cleanly = False
+            while not done and not ended_cleanly:
                 deadline = first_deadline if first_at is None else total_deadline
                 try:
                     async with asyncio.timeout_at(deadline + offset):
-                        event = await anext(events)
-                except StopAsyncIteration:
-                    break
+                        raw_chunk = await content_stream.readany()
                 except TimeoutError as err:
                     raise deadline_error(
                         self.name, first=first_at is None, seconds=deadline - started, partial="".join(parts)
                     ) from err
                 except (aiohttp.ClientError, OSError) as err:
                     raise stream_broken(self.name, err, "".join(parts)) from err
-                data = event.data
-                if data == "[DONE]":
-                    done = True
-                    break
-                if not data:
-                    continue
-                try:
-                    obj = event.json()
-                except ValueError as err:
-                    raise StreamInterruptedError(
-                        f"{self.name}: the stream carried a non-JSON event: {data[:80]!r}", partial_text="".join(parts)
-                    ) from err
-                if event.event == "error" or (isinstance(obj, dict) and "error" in obj):
-                    detail = obj.get("error") if isinstance(obj, dict) else obj
-                    message = detail.get("message") if isinstance(detail, dict) else detail
-                    raise StreamInterruptedError(
-                        f"{self.name}: the server reported an error mid-stream: {message}",
-                        partial_text="".join(parts),
-                    )
-                if not isinstance(obj, dict):
-                    continue
-                chunk_usage = usage_from(obj.get("usage"))
-                if chunk_usage is not None:
-                    usage = chunk_usage
-                for choice in obj.get("choices") or ():
-                    if not isinstance(choice, dict):
+                if raw_chunk:
+                    events = parser.feed(raw_chunk)
+                else:
+                    events = parser.close()
+                    ended_cleanly = True
+                for event in events:
+                    data = event.data
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    if not data:
                         continue
-                    delta = choice.get("delta") or {}
-                    content = delta.get("content") if isinstance(delta, dict) else None
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-                    if content:
-                        now = time.perf_counter()
-                        ttft: float | None = None
-                        if first_at is None:
-                            first_at = now
-                            ttft = (now - started) * 1000.0
-                        parts.append(content)
-                        chunks += 1
-                        yield ChatDelta(text=content, time_to_first_token_ms=ttft)
+                    try:
+                        obj = event.json()
+                    except ValueError as err:
+                        raise StreamInterruptedError(
+                            f"{self.name}: the stream carried a non-JSON event: {data[:80]!r}",
+                            partial_text="".join(parts),
+                        ) from err
+                    if event.event == "error" or (isinstance(obj, dict) and "error" in obj):
+                        detail = obj.get("error") if isinstance(obj, dict) else obj
+                        message = detail.get("message") if isinstance(detail, dict) else detail
+                        raise StreamInterruptedError(
+                            f"{self.name}: the server reported an error mid-stream: {message}",
+                            partial_text="".join(parts),
+                        )
+                    if not isinstance(obj, dict):
+                        continue
+                    chunk_usage = usage_from(obj.get("usage"))
+                    if chunk_usage is not None:
+                        usage = chunk_usage
+                    for choice in obj.get("choices") or ():
+                        if not isinstance(choice, dict):
+                            continue
+                        delta = choice.get("delta") or {}
+                        content = delta.get("content") if isinstance(delta, dict) else None
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                        if content:
+                            ttft: float | None = None
+                            if first_at is None:
+                                first_at = time.perf_counter()
+                                ttft = (first_at - started) * 1000.0
+                            parts.append(content)
+                            chunks += 1
+                            yield ChatDelta(text=content, time_to_first_token_ms=ttft)
         if not done and finish is None:
             raise StreamInterruptedError(
                 f"{self.name}: the stream ended before the answer was complete", partial_text="".join(parts)

@@ -3,8 +3,10 @@
 Score = fit for the task (hard requirements such as vision or embeddings exclude a model; name
 hints such as "coder" or "r1" and the needed context add points) + size (more parameters help
 most with code and reasoning) + locality (local servers first: no cost, no data leaving the
-machine) + loaded (no load wait) + track record from `ai_quality_metrics` for that category,
-weighted by how many runs back it (full weight from 20 runs). The weights are in `WEIGHTS`.
+machine) + loaded (no load wait) − a large penalty for a local model that could never fit in this
+machine's memory (estimated as in vram.py, at 4096 tokens of context) + track record from
+`ai_quality_metrics` for that category, weighted by how many runs back it (full weight from 20
+runs). The weights are in `WEIGHTS`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import AiModel, AiProvider, AiQualityMetric
 from bot.engine.providers.port import ProviderError
-from bot.engine.providers.vram import parse_parameter_count, quant_bits
+from bot.engine.providers.vram import estimate_memory, gib, parse_parameter_count, quant_bits
 
 TASK_TYPES: tuple[str, ...] = (
     "chat", "code", "reasoning", "planning", "validation", "summarise", "translate", "extract", "vision",
@@ -43,8 +45,8 @@ NAME_HINTS: dict[str, tuple[str, ...]] = {
 # How much a task gains from a bigger model (multiplies the size points).
 SIZE_APPETITE = {"code": 1.0, "reasoning": 1.0, "planning": 1.0, "validation": 1.0, "chat": 0.5,
                  "summarise": 0.5, "translate": 0.6, "extract": 0.4, "vision": 0.6, "embedding": 0.0}  # fmt: skip
-WEIGHTS = {"hint": 20.0, "size": 10.0, "local": 15.0, "loaded": 5.0, "context": 10.0, "tools": 8.0,
-           "success": 40.0, "validation": 0.3, "full_confidence_runs": 20.0}  # fmt: skip
+WEIGHTS = {"hint": 20.0, "size": 5.0, "local": 15.0, "loaded": 5.0, "context": 10.0, "tools": 8.0,
+           "success": 40.0, "validation": 0.3, "full_confidence_runs": 20.0, "too_big": 100.0}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,9 @@ class Candidate:
     size_bytes: int | None = None
     quantization: str | None = None
     quality: QualityStats | None = None
+    # Estimated memory to run it, and what this machine has (local models only); None = unknown.
+    needs_bytes: int | None = None
+    memory_total_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,16 @@ def _score(task: str, candidate: Candidate) -> Recommendation | None:
         return None
     score = 0.0
     reasons: list[str] = []
+    if (
+        candidate.is_local
+        and candidate.needs_bytes is not None
+        and candidate.memory_total_bytes is not None
+        and candidate.needs_bytes > candidate.memory_total_bytes
+    ):
+        score -= WEIGHTS["too_big"]
+        reasons.append(
+            f"too big for this machine (needs ~{gib(candidate.needs_bytes)}, has {gib(candidate.memory_total_bytes)})"
+        )
     name = candidate.model.lower()
     hint = next((h for h in NAME_HINTS.get(task, ()) if h in name), None)
     if hint is not None:
@@ -165,9 +180,17 @@ def _score(task: str, candidate: Candidate) -> Recommendation | None:
 
 
 async def load_candidates(
-    session: AsyncSession, task_type: str, *, providers: Sequence[str] | None = None
+    session: AsyncSession,
+    task_type: str,
+    *,
+    providers: Sequence[str] | None = None,
+    memory_total_bytes: int | None = None,
 ) -> list[Candidate]:
-    """Enabled, present models of enabled providers, with their record in the task's category."""
+    """Enabled, present models of enabled providers, with their record in the task's category.
+
+    With `memory_total_bytes` (this machine's GPU or RAM size) local models that could never fit
+    are ranked last, with the numbers in their reason.
+    """
     task = normalise_task(task_type)
     query = (
         select(AiModel, AiProvider, AiQualityMetric)
@@ -189,6 +212,13 @@ async def load_candidates(
                 success_rate=metric.success_rate,
                 mean_validation_score=metric.mean_validation_score,
             )
+        parameters = parse_parameter_count(str(facts.get("parameters") or ""))
+        estimate = estimate_memory(
+            size_bytes=model.size_bytes,
+            parameters=parameters,
+            quantization=model.quantization,
+            context_length=min(model.context_length or 4096, 4096),
+        )
         candidates.append(
             Candidate(
                 provider=provider.name,
@@ -198,18 +228,28 @@ async def load_candidates(
                 model_type="embedding" if facts.get("embedding") else str(facts.get("type") or "llm"),
                 vision=bool(facts.get("vision")),
                 tool_use=bool(facts.get("tool_use")),
-                parameters=parse_parameter_count(str(facts.get("parameters") or "")),
+                parameters=parameters,
                 context_length=model.context_length,
                 size_bytes=model.size_bytes,
                 quantization=model.quantization,
                 quality=quality,
+                needs_bytes=estimate.total_bytes if estimate else None,
+                memory_total_bytes=memory_total_bytes,
             )
         )
     return candidates
 
 
 async def recommend(
-    session: AsyncSession, task_type: str, *, providers: Sequence[str] | None = None, limit: int = 5
+    session: AsyncSession,
+    task_type: str,
+    *,
+    providers: Sequence[str] | None = None,
+    limit: int = 5,
+    memory_total_bytes: int | None = None,
 ) -> list[Recommendation]:
     """The best `limit` models for a task from the catalogue in the database."""
-    return rank(task_type, await load_candidates(session, task_type, providers=providers))[:limit]
+    candidates = await load_candidates(
+        session, task_type, providers=providers, memory_total_bytes=memory_total_bytes
+    )
+    return rank(task_type, candidates)[:limit]

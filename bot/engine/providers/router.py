@@ -23,10 +23,11 @@ Errors raised here (beyond what providers raise):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -69,6 +70,10 @@ class Deployment:
     group: str = ""
     weight: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"deployment weight must be positive, got {self.weight}")
+
     @property
     def id(self) -> str:
         """A stable name for logs and metrics: `<provider>/<model>`."""
@@ -101,6 +106,8 @@ class RouterConfig:
     overlap_window_chars: int = 4096
 
     def __post_init__(self) -> None:
+        if self.first_token_timeout_s is not None and self.first_token_timeout_s <= 0:
+            raise ValueError("first_token_timeout_s must be positive")
         if self.retries_per_group < 0 or self.backoff_base_s < 0 or self.backoff_max_s < 0:
             raise ValueError("retries and backoff must not be negative")
         if not 0 < self.failure_ratio <= 1:
@@ -240,6 +247,7 @@ class _Attempts:
         self._deadline = deadline
         self._group_index = 0
         self._tried: dict[str, int] = {}
+        self._excluded: set[str] = set()  # cannot serve this request at all (unknown model, 401…)
         self._attempts_in_group = 0
         self._current: Deployment | None = None
         self._stopped = False
@@ -258,10 +266,10 @@ class _Attempts:
             if self._attempts_in_group > router.config.retries_per_group:
                 self._next_group()
                 continue
-            deployment = router._pick(group, self._tried)
+            deployment = router._pick(group, self._tried, self._excluded)
             waited = 0.0
             if deployment is None:
-                wait = router._soonest_available(group)
+                wait = router._soonest_available(group, self._excluded)
                 is_last_group = self._group_index == len(self._plan) - 1
                 if wait is None or not is_last_group or not self._may_wait(wait):
                     self._next_group()  # nothing here can answer soon: fall back
@@ -269,7 +277,7 @@ class _Attempts:
                 log.info("router.waiting_for_cooldown", group=group, wait_s=round(wait, 3))
                 await asyncio.sleep(wait)
                 waited = wait
-                deployment = router._pick(group, self._tried)
+                deployment = router._pick(group, self._tried, self._excluded)
                 if deployment is None:
                     self._next_group()
                     continue
@@ -292,8 +300,11 @@ class _Attempts:
         self.last_error = err
         if self._current is not None:
             self._tried[self._current.id] = self._tried.get(self._current.id, 0) + 1
-        if classify(err) == "raise":
+        action = classify(err)
+        if action == "raise":
             self._stopped = True
+        elif action == "next" and self._current is not None:
+            self._excluded.add(self._current.id)
 
     def _next_group(self) -> None:
         self._group_index += 1
@@ -435,88 +446,73 @@ class Router:
         completion_tokens: int | None = None
         while (deployment := await attempts.next()) is not None:
             continued = bool(emitted)
-            per_attempt = self._stream_request(request, deployment, emitted)
             stitcher = Stitcher(
                 emitted,
                 min_overlap=self.config.min_overlap_chars,
                 window=self.config.overlap_window_chars,
             )
             raw_text = ""
+            final: ChatDelta | None = None
+            failure: ProviderError | None = None
+            held = ""
             state = self._state(deployment)
             state.in_flight += 1
             started = self._clock()
             try:
-                async for delta in self._guarded(deployment, per_attempt, deadline):
-                    raw_text += delta.text
-                    shown = stitcher.feed(delta.text)
-                    if delta.done:
-                        shown += stitcher.flush()
-                    if shown:
-                        emitted += shown
-                        yield ChatDelta(text=shown)
-                    if delta.done:
-                        break
-                else:
-                    delta = ChatDelta(text="", done=True)  # ended without a closing event
-                    shown = stitcher.flush()
-                    if shown:
-                        emitted += shown
-                        yield ChatDelta(text=shown)
+                stream = self._guarded(deployment, self._stream_request(request, deployment, emitted), deadline)
+                async with contextlib.aclosing(stream):
+                    async for delta in stream:
+                        raw_text += delta.text
+                        shown = stitcher.feed(delta.text)
+                        if delta.done:
+                            shown += stitcher.flush()
+                            final = delta
+                        if shown:
+                            emitted += shown
+                            yield ChatDelta(text=shown)
+                        if delta.done:
+                            break
             except ProviderError as err:
+                failure = err
                 if isinstance(err, StreamInterruptedError) and err.partial_text.startswith(raw_text):
                     # the client may hold text it had not yet handed out as deltas
-                    rest = stitcher.feed(err.partial_text[len(raw_text) :]) + stitcher.flush()
-                else:
-                    rest = stitcher.flush()
-                emitted += rest
-                if rest:
-                    yield ChatDelta(text=rest)
-                self._record(deployment, ok=False, err=err)
-                attempts.fail(err)
+                    held = stitcher.feed(err.partial_text[len(raw_text) :])
+                held += stitcher.flush()
+            finally:
                 state.in_flight -= 1
-                await self._report(
-                    deployment,
-                    ok=False,
-                    started=started,
-                    usage=Usage(),
-                    err=err,
-                    streamed=True,
-                    continued=continued,
-                )
-                log.info(
-                    "router.stream_failed",
-                    deployment=deployment.id,
-                    error=err.message,
-                    emitted_chars=len(emitted),
-                )
+            if failure is not None:
+                emitted += held
+                self._record(deployment, ok=False, err=failure)
+                attempts.fail(failure)
+                log.info("router.stream_failed", deployment=deployment.id, error=failure.message,
+                         emitted_chars=len(emitted))  # fmt: skip
+                await self._report(deployment, ok=False, started=started, usage=Usage(), err=failure,
+                                   streamed=True, continued=continued)  # fmt: skip
+                if held:
+                    yield ChatDelta(text=held)
                 continue
-            except BaseException:
-                state.in_flight -= 1
-                raise
-            state.in_flight -= 1
+            if final is None:  # the stream ended without its closing event
+                held = stitcher.flush()
+                if held:
+                    emitted += held
+                    yield ChatDelta(text=held)
+                final = ChatDelta(text="", done=True)
             self._record(deployment, ok=True)
-            usage = delta.usage or Usage()
+            usage = final.usage or Usage()
             if usage.prompt_tokens is not None:
                 prompt_tokens = (prompt_tokens or 0) + usage.prompt_tokens
             if usage.completion_tokens is not None:
                 completion_tokens = (completion_tokens or 0) + usage.completion_tokens
-            await self._report(
-                deployment,
-                ok=True,
-                started=started,
-                usage=usage,
-                streamed=True,
-                continued=continued,
-                ttft=delta.time_to_first_token_ms,
-            )
+            await self._report(deployment, ok=True, started=started, usage=usage, streamed=True,
+                               continued=continued, ttft=final.time_to_first_token_ms)  # fmt: skip
             yield ChatDelta(
                 text="",
                 done=True,
-                finish_reason=delta.finish_reason,
+                finish_reason=final.finish_reason,
                 usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
-                time_to_first_token_ms=delta.time_to_first_token_ms,
-                tokens_per_s=delta.tokens_per_s,
-                elapsed_ms=delta.elapsed_ms,
+                time_to_first_token_ms=final.time_to_first_token_ms,
+                tokens_per_s=final.tokens_per_s,
+                elapsed_ms=final.elapsed_ms,
             )
             return
         raise attempts.exhausted_error(request.model)
@@ -537,7 +533,7 @@ class Router:
 
     async def _guarded(
         self, deployment: Deployment, request: ChatRequest, deadline: float | None
-    ) -> AsyncIterator[ChatDelta]:
+    ) -> AsyncGenerator[ChatDelta, None]:
         """The provider's stream with the first-token and total deadlines enforced."""
         iterator = deployment.provider.stream_chat(request).__aiter__()
         first_token_s = request.first_token_timeout_s
@@ -581,10 +577,12 @@ class Router:
     def _cooling(self, deployment: Deployment, now: float) -> bool:
         return self._state(deployment).cooldown_until > now
 
-    def _pick(self, group: str, tried: Mapping[str, int]) -> Deployment | None:
+    def _pick(self, group: str, tried: Mapping[str, int], excluded: set[str]) -> Deployment | None:
         """Least loaded (in-flight per weight) healthy deployment, preferring ones not yet tried."""
         now = self._clock()
-        healthy = [d for d in self._groups.get(group, ()) if not self._cooling(d, now)]
+        healthy = [
+            d for d in self._groups.get(group, ()) if d.id not in excluded and not self._cooling(d, now)
+        ]
         if not healthy:
             return None
         fresh = [d for d in healthy if d.id not in tried]
@@ -598,9 +596,11 @@ class Router:
         self._state(chosen).last_picked = now
         return chosen
 
-    def _soonest_available(self, group: str) -> float | None:
+    def _soonest_available(self, group: str, excluded: set[str]) -> float | None:
         now = self._clock()
-        waits = [self._state(d).cooldown_until - now for d in self._groups.get(group, ())]
+        waits = [
+            self._state(d).cooldown_until - now for d in self._groups.get(group, ()) if d.id not in excluded
+        ]
         return max(0.0, min(waits)) if waits else None
 
     def _backoff(self, failures: int, err: ProviderError | None) -> float:

@@ -12,6 +12,7 @@ their transaction, so the write lock is taken before anything is read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections import defaultdict
@@ -21,11 +22,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, text, update
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from bot.db.base import utcnow
 from bot.db.engine import is_sqlite
@@ -54,11 +55,11 @@ MAX_PROVIDER_LENGTH = 64
 _OVERFETCH = 4
 # SQLite allows 32766 bound parameters; keep IN lists well below, and MariaDB packets small.
 _IN_CHUNK = 500
+# An orphaned job (its worker died) is dead-lettered after this many × max_attempts claims.
+ORPHAN_CLAIM_FACTOR = 3
 
 CommitHook = Callable[[AsyncSession], Awaitable[None]]
 BoundaryHook = Callable[[str, int], None]
-
-_BEGIN_IMMEDIATE = text("BEGIN IMMEDIATE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,34 +254,48 @@ class JobQueue:
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
         self.sqlite = is_sqlite(engine)
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._write_lock = asyncio.Lock() if self.sqlite else None
         # A seam for crash tests and tracing: called at named commit boundaries.
         self._boundary = boundary_hook or _no_boundary
 
     # -- transactions ------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncSession]:
+    async def _write(self, *, immediate: bool = False) -> AsyncIterator[AsyncConnection]:
         """A short write transaction; on SQLite it holds the write lock from its first statement."""
-        async with self._sessions() as session:
-            if self.sqlite:
-                await session.execute(_BEGIN_IMMEDIATE)
+        if self._write_lock is None:
+            async with self.engine.connect() as connection:
+                try:
+                    yield connection
+                except BaseException:
+                    await connection.rollback()
+                    raise
+                await connection.commit()
+            return
+        # SQLite has one writer at a time. Queueing our own writers on an asyncio lock is far
+        # cheaper than letting them collide in SQLite's busy handler (which sleeps in steps of
+        # up to 100 ms); other processes still wait through the busy timeout.
+        async with self._write_lock, self.engine.connect() as connection:
+            # Transactions that read before they write take the write lock up front, so no other
+            # process can claim the rows they read; the rest start with a write, which takes it.
+            if immediate:
+                await connection.exec_driver_sql("BEGIN IMMEDIATE")
             try:
-                yield session
+                yield connection
             except BaseException:
-                await session.rollback()
+                await connection.rollback()
                 raise
-            await session.commit()
+            await connection.commit()
 
     # -- enqueue -----------------------------------------------------------------------------
 
     async def enqueue(self, spec: JobSpec) -> tuple[int, bool]:
         """Add a job unless its idempotency key exists; returns (job id, whether it was new)."""
         row = _validate_spec(spec)
-        async with self._write() as session:
-            result = await session.execute(self._insert_ignoring_duplicates(), row)
+        async with self._write() as connection:
+            result = await connection.execute(self._insert_ignoring_duplicates(), row)
             query = select(JOBS.c.id).where(JOBS.c.idempotency_key == spec.idempotency_key)
-            job_id = int((await session.execute(query)).scalar_one())
+            job_id = int((await connection.execute(query)).scalar_one())
             # MariaDB counts a no-op ON DUPLICATE KEY UPDATE as a matched row; the insert id
             # tells the truth on both backends (stale or 0 when nothing was inserted).
             inserted_id = cast(CursorResult[Any], result).lastrowid
@@ -291,16 +306,26 @@ class JobQueue:
         """Add many jobs in one transaction; returns idempotency key → job id (new or existing)."""
         rows = [_validate_spec(spec) for spec in specs]
         ids: dict[str, int] = {}
-        async with self._write() as session:
+        async with self._write() as connection:
             for chunk in _chunks(rows):
-                await session.execute(self._insert_ignoring_duplicates(), list(chunk))
+                await connection.execute(self._insert_ignoring_duplicates(), list(chunk))
             keys = [row["idempotency_key"] for row in rows]
             for key_chunk in _chunks(keys):
-                found = await session.execute(
+                found = await connection.execute(
                     select(JOBS.c.idempotency_key, JOBS.c.id).where(JOBS.c.idempotency_key.in_(key_chunk))
                 )
                 ids.update({str(key): int(job_id) for key, job_id in found})
         return ids
+
+    async def enqueue_in(self, connection: AsyncConnection, specs: Sequence[JobSpec]) -> None:
+        """Add jobs inside the caller's transaction (e.g. a commit hook), ignoring known keys.
+
+        This is how a finished job creates the jobs that follow it atomically with its own
+        success: both are written, or neither.
+        """
+        rows = [_validate_spec(spec) for spec in specs]
+        for chunk in _chunks(rows):
+            await connection.execute(self._insert_ignoring_duplicates(), list(chunk))
 
     def _insert_ignoring_duplicates(self) -> Any:
         if self.sqlite:
@@ -357,8 +382,8 @@ class JobQueue:
             query = query.with_for_update(skip_locked=True)
 
         claimed: list[ClaimedJob] = []
-        async with self._write() as session:
-            rows = (await session.execute(query)).all()
+        async with self._write(immediate=True) as connection:
+            rows = (await connection.execute(query)).all()
             if not rows:
                 return []
             for row in rows:
@@ -389,7 +414,7 @@ class JobQueue:
             for job in claimed:
                 by_timeout[job.timeout_s].append(job.id)
             for timeout_s, job_ids in by_timeout.items():
-                await session.execute(
+                await connection.execute(
                     update(JOBS)
                     .where(JOBS.c.id.in_(job_ids), JOBS.c.status == JOB_QUEUED)
                     .values(
@@ -413,16 +438,16 @@ class JobQueue:
         """Extend this worker's leases; returns the ids of jobs it no longer holds."""
         held_wanted = {lease.job_id: lease.fence for lease in leases}
         now = utcnow()
-        async with self._write() as session:
-            await session.execute(update(WORKERS).where(WORKERS.c.id == worker_id).values(heartbeat_at=now))
+        async with self._write() as connection:
+            await connection.execute(update(WORKERS).where(WORKERS.c.id == worker_id).values(heartbeat_at=now))
             if not held_wanted:
                 return set()
-            await session.execute(
+            await connection.execute(
                 update(JOBS)
                 .where(JOBS.c.lease_owner == worker_id, JOBS.c.status == JOB_RUNNING)
                 .values(heartbeat_at=now, lease_expires_at=now + self.lease)
             )
-            rows = await session.execute(
+            rows = await connection.execute(
                 select(JOBS.c.id, JOBS.c.fence).where(JOBS.c.lease_owner == worker_id, JOBS.c.status == JOB_RUNNING)
             )
             held = {int(job_id): int(fence) for job_id, fence in rows}
@@ -440,72 +465,74 @@ class JobQueue:
         Returns False (writing nothing) when another attempt owns the job now: the hooks are where
         callers write their own result rows, so those too are written exactly once.
         """
-        payload = self._checked_json(result)
-        now = utcnow()
-        async with self._write() as session:
-            outcome = await session.execute(
-                update(JOBS)
-                .where(_lease_matches(lease))
-                .values(
-                    status=JOB_SUCCEEDED,
-                    result=payload,
-                    error=None,
-                    finished_at=now,
-                    lease_expires_at=None,
-                    deadline_at=None,
-                )
-            )
-            if _rowcount(outcome) != 1:
-                await session.rollback()
-                return False
-            for hook in hooks:
-                await hook(session)
-            self._boundary("complete.before_commit", lease.job_id)
-        self._boundary("complete.after_commit", lease.job_id)
-        return True
+        return lease.job_id in await self.complete_batch([(lease, result, tuple(hooks))])
 
     async def complete_many(self, outcomes: Sequence[tuple[Lease, dict[str, Any] | None]]) -> set[int]:
-        """Record many successes in one transaction (group commit); returns the ids recorded.
+        """Record many successes without hooks in one transaction; returns the ids recorded."""
+        return await self.complete_batch([(lease, result, ()) for lease, result in outcomes])
 
-        Each row is fenced on its own, so a stale lease among them is skipped, not fatal.
+    async def complete_batch(
+        self, items: Sequence[tuple[Lease, dict[str, Any] | None, Sequence[CommitHook]]]
+    ) -> set[int]:
+        """Group commit: record many successes (each fenced on its own) in one transaction.
+
+        Returns the ids recorded; a stale lease among them is skipped, not fatal. If a hook raises,
+        nothing of the batch is written and the error propagates (callers retry items singly).
         """
-        checked = [(lease, self._checked_json(result)) for lease, result in outcomes]
+        checked = [(lease, self._checked_json(result), tuple(hooks)) for lease, result, hooks in items]
         done: set[int] = set()
         if not checked:
             return done
         now = utcnow()
-        rows = [
-            {"b_id": lease.job_id, "b_owner": lease.worker_id, "b_fence": lease.fence, "b_result": result}
-            for lease, result in checked
-        ]
-        async with self._write() as session:
-            # One round trip for the whole batch; only if some lease was lost do we redo it row by
-            # row to learn which (the all-or-nothing check keeps the fast path exact).
-            outcome = await session.execute(_COMPLETE_MANY.values(finished_at=now), rows)
-            if _rowcount(outcome) == len(rows):
-                done = {lease.job_id for lease, _result in checked}
-            else:
-                await session.rollback()
-                if self.sqlite:
-                    await session.execute(_BEGIN_IMMEDIATE)
-                for lease, result in checked:
-                    single = await session.execute(
-                        update(JOBS)
-                        .where(_lease_matches(lease))
-                        .values(
-                            status=JOB_SUCCEEDED,
-                            result=result,
-                            error=None,
-                            finished_at=now,
-                            lease_expires_at=None,
-                            deadline_at=None,
-                        )
-                    )
-                    if _rowcount(single) == 1:
+        plain = [(lease, result) for lease, result, hooks in checked if not hooks]
+        hooked = [(lease, result, hooks) for lease, result, hooks in checked if hooks]
+        async with self._write() as connection:
+            fast = False
+            if len(plain) > 1:
+                # One round trip for the hook-free rows; only if some lease was lost do we redo the
+                # batch row by row to learn which (the all-or-nothing check keeps this exact).
+                rows = [
+                    {"b_id": lease.job_id, "b_owner": lease.worker_id, "b_fence": lease.fence, "b_result": result}
+                    for lease, result in plain
+                ]
+                outcome = await connection.execute(_COMPLETE_MANY.values(finished_at=now), rows)
+                if _rowcount(outcome) == len(rows):
+                    fast = True
+                    done.update(lease.job_id for lease, _result in plain)
+                else:
+                    await connection.rollback()
+            if not fast:
+                for lease, result in plain:
+                    if await self._complete_one(connection, lease, result, now):
                         done.add(lease.job_id)
+            if hooked:
+                # Hooks get an ORM session joined to this transaction: their rows commit with the
+                # result or not at all.
+                hook_session = AsyncSession(bind=connection, expire_on_commit=False)
+                for lease, result, hooks in hooked:
+                    if await self._complete_one(connection, lease, result, now):
+                        done.add(lease.job_id)
+                        for hook in hooks:
+                            await hook(hook_session)
+                await hook_session.flush()
             self._boundary("complete.before_commit", checked[0][0].job_id)
         self._boundary("complete.after_commit", checked[0][0].job_id)
         return done
+
+    async def _complete_one(self, connection: AsyncConnection, lease: Lease, result: Any, now: datetime) -> bool:
+        outcome = await connection.execute(
+            update(JOBS)
+            .where(_lease_matches(lease))
+            .values(
+                status=JOB_SUCCEEDED,
+                result=result,
+                error=None,
+                finished_at=now,
+                lease_expires_at=None,
+                deadline_at=None,
+            )
+        )
+        return _rowcount(outcome) == 1
 
     async def fail(
         self,
@@ -530,8 +557,8 @@ class JobQueue:
                 deadline_at=None,
                 available_at=now + timedelta(seconds=self.backoff_s(job.attempts)),
             )
-        async with self._write() as session:
-            outcome = await session.execute(update(JOBS).where(_lease_matches(job.lease)).values(**values))
+        async with self._write() as connection:
+            outcome = await connection.execute(update(JOBS).where(_lease_matches(job.lease)).values(**values))
             if _rowcount(outcome) != 1:
                 return None
         return JOB_DEAD if dead else JOB_QUEUED
@@ -543,8 +570,8 @@ class JobQueue:
 
     async def release(self, lease: Lease) -> bool:
         """Hand a job back without charging an attempt (graceful shutdown); its checkpoints stay."""
-        async with self._write() as session:
-            outcome = await session.execute(
+        async with self._write() as connection:
+            outcome = await connection.execute(
                 update(JOBS)
                 .where(_lease_matches(lease))
                 .values(
@@ -566,9 +593,9 @@ class JobQueue:
         self._check_key(key)
         payload = self._checked_json(data)
         now = utcnow()
-        async with self._write() as session:
-            await self._touch_lease(session, lease, now)
-            await session.execute(
+        async with self._write() as connection:
+            await self._touch_lease(connection, lease, now)
+            await connection.execute(
                 self._upsert_checkpoint(
                     {
                         "job_id": lease.job_id,
@@ -584,7 +611,7 @@ class JobQueue:
             )
             self._boundary("checkpoint.before_commit", lease.job_id)
             seq = (
-                await session.execute(
+                await connection.execute(
                     select(CHECKPOINTS.c.seq).where(CHECKPOINTS.c.job_id == lease.job_id, CHECKPOINTS.c.key == key)
                 )
             ).scalar_one()
@@ -606,8 +633,8 @@ class JobQueue:
             "created_at": now,
             "updated_at": now,
         }
-        async with self._write() as session:
-            await self._touch_lease(session, lease, now)
+        async with self._write() as connection:
+            await self._touch_lease(connection, lease, now)
             if self.sqlite:
                 statement: Any = (
                     sqlite_insert(CHECKPOINTS).values(row).on_conflict_do_nothing(index_elements=["job_id", "key"])
@@ -615,18 +642,18 @@ class JobQueue:
             else:
                 statement = mysql_insert(CHECKPOINTS).values(row)
                 statement = statement.on_duplicate_key_update(seq=CHECKPOINTS.c.seq)
-            await session.execute(statement)
+            await connection.execute(statement)
             self._boundary("step.before_commit", lease.job_id)
             stored = (
-                await session.execute(
+                await connection.execute(
                     select(CHECKPOINTS.c.data).where(CHECKPOINTS.c.job_id == lease.job_id, CHECKPOINTS.c.key == key)
                 )
             ).scalar_one()
         self._boundary("step.after_commit", lease.job_id)
         return stored
 
-    async def _touch_lease(self, session: AsyncSession, lease: Lease, now: datetime) -> None:
-        outcome = await session.execute(
+    async def _touch_lease(self, connection: AsyncConnection, lease: Lease, now: datetime) -> None:
+        outcome = await connection.execute(
             update(JOBS).where(_lease_matches(lease)).values(heartbeat_at=now, lease_expires_at=now + self.lease)
         )
         if _rowcount(outcome) != 1:
@@ -675,7 +702,7 @@ class JobQueue:
     async def reclaim_expired(self) -> ReclaimReport:
         """Requeue running jobs whose lease expired or that ran past their timeout.
 
-        An expired attempt was already charged when it was claimed; jobs out of attempts go dead.
+        A timed-out attempt stays charged; an orphaned one is refunded (see `_take_back`).
         Checkpoints are kept, so the next attempt resumes from them.
         """
         now = utcnow()
@@ -700,77 +727,75 @@ class JobQueue:
             query = query.with_for_update(skip_locked=True)
         requeued: list[int] = []
         dead: list[int] = []
-        async with self._write() as session:
-            for row in (await session.execute(query)).all():
+        async with self._write(immediate=True) as connection:
+            for row in (await connection.execute(query)).all():
                 timed_out = row.deadline_at is not None and row.deadline_at < now
                 reason = (
                     f"timed out (attempt {row.attempts})"
                     if timed_out
                     else f"lease expired: worker {row.lease_owner} stopped heartbeating"
                 )
-                is_dead = int(row.attempts) >= int(row.max_attempts)
-                values: dict[str, Any] = {
-                    "error": reason,
-                    "lease_expires_at": None,
-                    "deadline_at": None,
-                    "lease_owner": None,
-                }
-                if is_dead:
-                    values.update(status=JOB_DEAD, finished_at=now)
-                else:
-                    values.update(status=JOB_QUEUED, available_at=now)
-                outcome = await session.execute(
-                    update(JOBS)
-                    .where(JOBS.c.id == row.id, JOBS.c.status == JOB_RUNNING, JOBS.c.fence == row.fence)
-                    .values(**values)
-                )
-                if _rowcount(outcome) == 1:
+                is_dead = await self._take_back(connection, row, now, charged=timed_out, reason=reason)
+                if is_dead is not None:
                     (dead if is_dead else requeued).append(int(row.id))
         return ReclaimReport(requeued=tuple(requeued), dead=tuple(dead))
+
+    async def _take_back(
+        self, connection: AsyncConnection, row: Any, now: datetime, *, charged: bool, reason: str
+    ) -> bool | None:
+        """Requeue (or dead-letter) one orphaned running job; None if it changed meanwhile.
+
+        A timeout is the job's fault and keeps the attempt charged. An orphan (its worker died or
+        stalled) is usually innocent, so its attempt is refunded — a daemon crash must not burn
+        the retry budget of every job in flight — unless it has now been claimed
+        `ORPHAN_CLAIM_FACTOR` × max_attempts times: then it is treated as the poison that keeps
+        killing workers and dead-lettered.
+        """
+        attempts, max_attempts, fence = int(row.attempts), int(row.max_attempts), int(row.fence)
+        is_dead = attempts >= max_attempts if charged else fence >= max_attempts * ORPHAN_CLAIM_FACTOR
+        values: dict[str, Any] = {
+            "error": reason if not is_dead or charged else f"{reason}; gave up after {fence} orphaned claims",
+            "lease_expires_at": None,
+            "deadline_at": None,
+            "lease_owner": None,
+        }
+        if not charged and not is_dead:
+            values["attempts"] = JOBS.c.attempts - 1
+        if is_dead:
+            values.update(status=JOB_DEAD, finished_at=now)
+        else:
+            values.update(status=JOB_QUEUED, available_at=now)
+        outcome = await connection.execute(
+            update(JOBS)
+            .where(JOBS.c.id == row.id, JOBS.c.status == JOB_RUNNING, JOBS.c.fence == fence)
+            .values(**values)
+        )
+        return is_dead if _rowcount(outcome) == 1 else None
 
     async def reclaim_worker(self, worker_id: str, *, reason: str) -> ReclaimReport:
         """Requeue every job a worker known to be dead holds, without waiting for lease expiry."""
         now = utcnow()
         requeued: list[int] = []
         dead: list[int] = []
-        async with self._write() as session:
+        async with self._write(immediate=True) as connection:
             query = select(JOBS.c.id, JOBS.c.fence, JOBS.c.attempts, JOBS.c.max_attempts).where(
                 JOBS.c.lease_owner == worker_id, JOBS.c.status == JOB_RUNNING
             )
             if not self.sqlite:
                 query = query.with_for_update(skip_locked=True)
-            for row in (await session.execute(query)).all():
-                is_dead = int(row.attempts) >= int(row.max_attempts)
-                values: dict[str, Any] = {
-                    "error": reason,
-                    "lease_expires_at": None,
-                    "deadline_at": None,
-                    "lease_owner": None,
-                }
-                if is_dead:
-                    values.update(status=JOB_DEAD, finished_at=now)
-                else:
-                    values.update(status=JOB_QUEUED, available_at=now)
-                outcome = await session.execute(
-                    update(JOBS)
-                    .where(
-                        JOBS.c.id == row.id,
-                        JOBS.c.status == JOB_RUNNING,
-                        JOBS.c.fence == row.fence,
-                    )
-                    .values(**values)
-                )
-                if _rowcount(outcome) == 1:
+            for row in (await connection.execute(query)).all():
+                is_dead = await self._take_back(connection, row, now, charged=False, reason=reason)
+                if is_dead is not None:
                     (dead if is_dead else requeued).append(int(row.id))
-            await session.execute(
+            await connection.execute(
                 update(WORKERS).where(WORKERS.c.id == worker_id, WORKERS.c.stopped_at.is_(None)).values(stopped_at=now)
             )
         return ReclaimReport(requeued=tuple(requeued), dead=tuple(dead))
 
     async def live_workers_on(self, hostname: str) -> list[tuple[str, int]]:
         """(worker id, pid) of workers on `hostname` not marked stopped."""
-        async with self._sessions() as session:
-            rows = await session.execute(
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
                 select(WORKERS.c.id, WORKERS.c.pid).where(
                     WORKERS.c.hostname == hostname[:255], WORKERS.c.stopped_at.is_(None)
                 )
@@ -779,8 +804,8 @@ class JobQueue:
 
     async def cancel(self, job_id: int, *, reason: str = "cancelled") -> bool:
         """Stop a queued or running job for good; a running holder loses its lease."""
-        async with self._write() as session:
-            outcome = await session.execute(
+        async with self._write() as connection:
+            outcome = await connection.execute(
                 update(JOBS)
                 .where(JOBS.c.id == job_id, JOBS.c.status.in_((JOB_QUEUED, JOB_RUNNING)))
                 .values(
@@ -796,8 +821,8 @@ class JobQueue:
 
     async def cancel_task(self, task_id: int, *, reason: str = "task cancelled") -> int:
         """Cancel every unfinished job of a task; returns how many were cancelled."""
-        async with self._write() as session:
-            outcome = await session.execute(
+        async with self._write() as connection:
+            outcome = await connection.execute(
                 update(JOBS)
                 .where(JOBS.c.task_id == task_id, JOBS.c.status.in_((JOB_QUEUED, JOB_RUNNING)))
                 .values(
@@ -813,8 +838,8 @@ class JobQueue:
 
     async def retry_dead(self, job_id: int) -> bool:
         """Give a dead-lettered job a fresh set of attempts (an operator's decision)."""
-        async with self._write() as session:
-            outcome = await session.execute(
+        async with self._write() as connection:
+            outcome = await connection.execute(
                 update(JOBS)
                 .where(JOBS.c.id == job_id, JOBS.c.status == JOB_DEAD)
                 .values(status=JOB_QUEUED, attempts=0, available_at=utcnow(), finished_at=None)
@@ -826,9 +851,9 @@ class JobQueue:
     async def register_worker(self, worker_id: str, *, hostname: str, pid: int, concurrency: int) -> None:
         """Record a worker so operators can see which daemon holds which leases."""
         now = utcnow()
-        async with self._write() as session:
-            await session.execute(delete(WORKERS).where(WORKERS.c.id == worker_id))
-            await session.execute(
+        async with self._write() as connection:
+            await connection.execute(delete(WORKERS).where(WORKERS.c.id == worker_id))
+            await connection.execute(
                 WORKERS.insert().values(
                     id=worker_id,
                     hostname=hostname[:255],
@@ -841,15 +866,15 @@ class JobQueue:
 
     async def worker_stopped(self, worker_id: str) -> None:
         """Mark a worker as cleanly stopped."""
-        async with self._write() as session:
-            await session.execute(update(WORKERS).where(WORKERS.c.id == worker_id).values(stopped_at=utcnow()))
+        async with self._write() as connection:
+            await connection.execute(update(WORKERS).where(WORKERS.c.id == worker_id).values(stopped_at=utcnow()))
 
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, job_id: int) -> JobView:
         """A snapshot of one job."""
-        async with self._sessions() as session:
-            row = (await session.execute(select(JOBS).where(JOBS.c.id == job_id))).first()
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(select(JOBS).where(JOBS.c.id == job_id))).first()
         if row is None:
             raise UnknownJobError(f"no job with id {job_id}")
         return JobView(
@@ -873,8 +898,8 @@ class JobQueue:
 
     async def checkpoints(self, job_id: int) -> dict[str, Checkpoint]:
         """Every checkpoint of a job, by key."""
-        async with self._sessions() as session:
-            rows = await session.execute(
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
                 select(
                     CHECKPOINTS.c.key, CHECKPOINTS.c.kind, CHECKPOINTS.c.seq, CHECKPOINTS.c.fence, CHECKPOINTS.c.data
                 ).where(CHECKPOINTS.c.job_id == job_id)
@@ -886,14 +911,14 @@ class JobQueue:
 
     async def counts(self) -> dict[str, int]:
         """How many jobs are in each state."""
-        async with self._sessions() as session:
-            rows = await session.execute(select(JOBS.c.status, func.count()).group_by(JOBS.c.status))
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(select(JOBS.c.status, func.count()).group_by(JOBS.c.status))
             return {str(status): int(count) for status, count in rows}
 
     async def running_by_provider(self) -> dict[str | None, int]:
         """Running jobs per provider across every daemon (for status pages)."""
-        async with self._sessions() as session:
-            rows = await session.execute(
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
                 select(JOBS.c.provider, func.count()).where(JOBS.c.status == JOB_RUNNING).group_by(JOBS.c.provider)
             )
             return {provider: int(count) for provider, count in rows}

@@ -32,6 +32,8 @@ log = get_logger(__name__)
 Handler = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
 Admission = Callable[[], bool]
 DEFAULT_CONCURRENCY = 5
+# Most results recorded in one group commit (bounds one transaction's length).
+MAX_COMMIT_GROUP = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,14 @@ class JobContext:
         self.commit_hooks.append(hook)
 
 
+@dataclass(frozen=True, slots=True)
+class _Completion:
+    job: ClaimedJob
+    result: dict[str, Any] | None
+    hooks: tuple[CommitHook, ...]
+    outcome: asyncio.Future[bool]
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -146,6 +156,8 @@ class Worker:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._draining_release = False
+        self._completions: list[_Completion] = []
+        self._completions_ready = asyncio.Event()
         self._drain_timeout_s = 30.0
         self._started = False
         self.completed = 0
@@ -174,15 +186,17 @@ class Worker:
             await self._recover_dead_local_workers()
         await self.queue.reclaim_expired()
         keeper = asyncio.create_task(self._keep_leases(), name=f"queue-leases-{self.worker_id}")
+        flusher = asyncio.create_task(self._flush_completions(), name=f"queue-commits-{self.worker_id}")
         try:
             await self._claim_loop()
         finally:
             try:
                 await self._drain()
             finally:
-                keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
+                for helper in (flusher, keeper):
+                    helper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await helper
                 with contextlib.suppress(DBAPIError, OSError):
                     await self.queue.worker_stopped(self.worker_id)
                 self._stopped.set()
@@ -334,24 +348,82 @@ class Worker:
             log.exception("queue.handler_failed", job_id=job.id, kind=job.kind)
             await self._record_failure(job, f"{type(err).__name__}: {err}", retry=True)
             return
-        if await self._complete(job, result, context.commit_hooks):
+        try:
+            recorded = await self._complete(job, result, context.commit_hooks)
+        except asyncio.CancelledError:
+            if self._draining_release:
+                await asyncio.shield(self.queue.release(job.lease))  # fenced: no-op if it committed
+                return
+            raise
+        except (DBAPIError, OSError) as err:
+            # Expected when the database stays unreachable: the lease will expire and another
+            # attempt will run (resuming from checkpoints); log without a traceback.
+            log.warning("queue.complete_failed", job_id=job.id, error=str(err))
+            return
+        except Exception as err:
+            # A commit hook raised (the caller's own result write): the attempt failed, retry it.
+            log.exception("queue.commit_hook_failed", job_id=job.id, kind=job.kind)
+            await self._record_failure(job, f"{type(err).__name__}: {err}", retry=True)
+            return
+        if recorded:
             self.completed += 1
             self._emit("succeeded", job)
         else:
             self._emit("stale_result", job, "lease lost before the result was recorded")
 
     async def _complete(self, job: ClaimedJob, result: dict[str, Any] | None, hooks: list[CommitHook]) -> bool:
-        # A busy or briefly unreachable database must not cost a finished job its result: retry
-        # a few times (the write is fenced, so a retry after an unseen commit is refused, not doubled).
-        for attempt in range(5):
+        """Hand the result to the group-commit flusher and wait for its verdict."""
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._completions.append(_Completion(job=job, result=result, hooks=tuple(hooks), outcome=outcome))
+        self._completions_ready.set()
+        return await outcome
+
+    async def _flush_completions(self) -> None:
+        """Commit finished jobs in groups: one transaction for all results ready at that moment.
+
+        At concurrency 1 a group is one job and nothing waits; under load, results that finish
+        while a commit is in flight ride the next one, so commits per second stop being the limit.
+        """
+        while True:
+            await self._completions_ready.wait()
+            self._completions_ready.clear()
+            while self._completions:
+                batch = self._completions[:MAX_COMMIT_GROUP]
+                del self._completions[:MAX_COMMIT_GROUP]
+                await self._commit_group(batch)
+
+    async def _commit_group(self, batch: list[_Completion]) -> None:
+        live = [item for item in batch if not item.outcome.done()]
+        if not live:
+            return
+        try:
+            done = await self._with_db_retries(
+                lambda: self.queue.complete_batch([(item.job.lease, item.result, item.hooks) for item in live])
+            )
+        except Exception as err:
+            # Some hook (or the database) failed the whole group: retry each job alone so one bad
+            # result only fails its own job; a lone failure goes back to that job's runner.
+            if len(live) == 1:
+                if not live[0].outcome.done():
+                    live[0].outcome.set_exception(err)
+                return
+            for item in live:
+                await self._commit_group([item])
+            return
+        for item in live:
+            if not item.outcome.done():
+                item.outcome.set_result(item.job.id in done)
+
+    async def _with_db_retries(self, operation: Callable[[], Awaitable[set[int]]]) -> set[int]:
+        # A busy or briefly unreachable database must not cost finished jobs their results: retry
+        # a few times (the writes are fenced, so a retry after an unseen commit is refused, not doubled).
+        for attempt in range(4):
             try:
-                return await self.queue.complete(job.lease, result, hooks=hooks)
+                return await operation()
             except (DBAPIError, OSError) as err:
-                if attempt == 4:
-                    raise
-                log.warning("queue.complete_retry", job_id=job.id, error=str(err))
+                log.warning("queue.complete_retry", error=str(err))
                 await asyncio.sleep(0.1 * 2**attempt)
-        return False
+        return await operation()
 
     async def _record_failure(self, job: ClaimedJob, error: str, *, retry: bool) -> None:
         status = await self.queue.fail(job, error, retry=retry)

@@ -1,0 +1,166 @@
+"""Admin API throughput: a paged list over 10,000 rows and a single-row GET, 64 connections.
+
+    python -m bench.api [--json] [--duration 5] [--connections 64] [--rows 10000]
+
+The API runs in this process exactly as in the daemon (start_admin_api on 127.0.0.1, real
+middleware chain: request id, access log, metrics, problem boundary, auth, rate limit) over a
+migrated SQLite database; the load generator is a separate process (`--generate`), so the two do
+not share an event loop or a core. The token's rate limit is raised for the run (the default, 50/s,
+would measure the limiter). With --json the last line is one JSON object:
+list_rps, list_p50_ms, list_p99_ms, get_rps, get_p50_ms, get_p99_ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+GOAL_RPS = 2000
+GOAL_P99_MS = 25.0
+
+
+async def _generate(base_url: str, token: str, path: str, *, connections: int, duration_s: float,
+                    warmup_s: float) -> dict[str, Any]:
+    """Keep `connections` requests in flight for `duration_s`; latencies after the warm-up count."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    headers = {"Authorization": f"Bearer {token}"}
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    started = time.perf_counter()
+    measure_from = started + warmup_s
+    stop_at = measure_from + duration_s
+
+    async with aiohttp.ClientSession(base_url, connector=connector, headers=headers) as session:
+
+        async def worker() -> None:
+            nonlocal errors
+            while True:
+                sent = time.perf_counter()
+                if sent >= stop_at:
+                    return
+                async with session.get(path) as response:
+                    await response.read()
+                    ok = response.status == 200
+                done = time.perf_counter()
+                if sent >= measure_from:
+                    if ok:
+                        latencies.append(done - sent)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    latencies.sort()
+    count = len(latencies)
+    return {
+        "requests": count,
+        "errors": errors,
+        "rps": round(count / duration_s, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2) if count else None,
+        "p99_ms": round(latencies[min(count - 1, int(count * 0.99))] * 1000, 2) if count else None,
+    }
+
+
+async def _seed(url: str, rows: int) -> tuple[int, str]:
+    from sqlalchemy import insert, select
+
+    from admin_api.auth import mint_token
+    from bot.db.base import utcnow
+    from bot.db.engine import create_engine, session_factory
+    from bot.db.migrate import upgrade_to_head
+    from bot.db.models import ExecutionLog, LogLevel, User, UserRole
+
+    await upgrade_to_head(url, backup_dir=None)
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session:
+            now = utcnow()
+            batch = [{"level": LogLevel.INFO, "event": "model.call", "prompt": f"prompt {i}",
+                      "response": f"answer {i}", "latency_ms": i % 900, "details": {"i": i}, "created_at": now}
+                     for i in range(rows)]
+            for start in range(0, rows, 2000):
+                await session.execute(insert(ExecutionLog), batch[start:start + 2000])
+            admin = (await session.execute(select(User).where(User.role == UserRole.ADMIN).limit(1))).scalar_one()
+            minted = await mint_token(session, user_id=admin.id, name="bench", scopes=["read"])
+            middle = (await session.execute(select(ExecutionLog.id).order_by(ExecutionLog.id)
+                                            .offset(rows // 2).limit(1))).scalar_one()
+            await session.commit()
+            return int(middle), minted.secret
+    finally:
+        await engine.dispose()
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from admin_api import ApiOptions, start_admin_api
+    from bot.db.engine import create_engine, session_factory
+    from bot.events import EventBus
+    from bot.logs import configure_logging
+    from bot.settings import Settings
+
+    configure_logging(level="WARNING", fmt="json")
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as scratch:
+        data_dir = Path(scratch)
+        url = f"sqlite+aiosqlite:///{data_dir / 'orchestrator.db'}"
+        row_id, token = await _seed(url, args.rows)
+        engine = create_engine(url)
+        settings = Settings(data_dir=data_dir, admin_api={"host": "127.0.0.1", "port": 0})
+        handle = await start_admin_api(
+            settings=settings, session_factory=session_factory(engine), bus=EventBus(),
+            options=ApiOptions(rate_per_second=1e9, burst=10**9),
+        )
+        results: dict[str, Any] = {"rows": args.rows, "connections": args.connections, "duration_s": args.duration}
+        try:
+            for name, path in (("list", "/execution-logs?limit=50"), ("get", f"/execution-logs/{row_id}")):
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "bench.api", "--generate", handle.base_url, token, path,
+                    "--connections", str(args.connections), "--duration", str(args.duration),
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                output, _ = await process.communicate()
+                measured = json.loads(output.decode().strip().splitlines()[-1])
+                results.update({f"{name}_rps": measured["rps"], f"{name}_p50_ms": measured["p50_ms"],
+                                f"{name}_p99_ms": measured["p99_ms"], f"{name}_errors": measured["errors"]})
+        finally:
+            await handle.stop()
+            await engine.dispose()
+    results["goal"] = {"rps": GOAL_RPS, "p99_ms": GOAL_P99_MS}
+    results["meets_goal"] = all(
+        results[f"{n}_rps"] >= GOAL_RPS and (results[f"{n}_p99_ms"] or 1e9) <= GOAL_P99_MS for n in ("list", "get"))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (or, with --generate, be the load generator process)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON line at the end")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per scenario")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--generate", nargs=3, metavar=("BASE_URL", "TOKEN", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.generate:
+        base_url, token, path = args.generate
+        measured = asyncio.run(_generate(base_url, token, path, connections=args.connections,
+                                         duration_s=args.duration, warmup_s=1.0))
+        print(json.dumps(measured))
+        return
+    logging.getLogger().setLevel(logging.WARNING)
+    results = asyncio.run(_run(args))
+    if not args.json:
+        for name in ("list", "get"):
+            print(f"{name:>5}: {results[f'{name}_rps']:>8} req/s  p50 {results[f'{name}_p50_ms']} ms  "
+                  f"p99 {results[f'{name}_p99_ms']} ms  errors {results[f'{name}_errors']}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
