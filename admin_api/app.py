@@ -11,6 +11,7 @@ from admin_api.auth import TokenAuthenticator
 from admin_api.metrics import ApiMetrics
 from admin_api.middleware import chain
 from admin_api.ratelimit import RateLimiter
+from admin_api.reader import Reader
 from admin_api.state import (
     AUTH,
     BUS,
@@ -18,6 +19,7 @@ from admin_api.state import (
     LIMITER,
     METRICS,
     OPTIONS,
+    READER,
     SERVICES,
     SESSIONS,
     SETTINGS,
@@ -67,6 +69,13 @@ def create_app(
     app[LIMITER] = RateLimiter(rate_per_second=options.rate_per_second, burst=options.burst)
     app[METRICS] = ApiMetrics()
     app[DOC_CACHE] = {}
+    reader = Reader(session_factory.kw["bind"])
+    app[READER] = reader
+
+    async def _close_reader(_app: web.Application) -> None:
+        reader.dispose()
+
+    app.on_cleanup.append(_close_reader)
     for module_name in ROUTE_MODULES:
         app.router.add_routes(importlib.import_module(module_name).routes)
     return app

@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from enum import Enum
 from functools import cached_property
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 from sqlalchemy import ColumnElement, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,7 +32,7 @@ from admin_api.problems import (
     ReferenceNotFound,
     ValidationFailed,
 )
-from admin_api.state import SESSIONS
+from admin_api.state import READER, SESSIONS
 from bot.db.base import Base
 
 FilterOp = Literal["eq", "ge", "le", "contains"]
@@ -112,11 +111,10 @@ class Resource:
 
     async def fetch_one(self, ctx: Ctx, row_id: int) -> Any:
         """One row by id through Core (the read path of GET), or a 404 problem."""
-        async with ctx.request.app[SESSIONS].kw["bind"].connect() as connection:
-            row = (await connection.execute(select(*self.columns_selected).where(self.pk == row_id))).first()
-        if row is None:
+        (rows,) = await ctx.request.app[READER].rows(select(*self.columns_selected).where(self.pk == row_id))
+        if not rows:
             raise NotFound(f"no {self.label} with id {row_id}")
-        return row
+        return rows[0]
 
     @cached_property
     def page_model(self) -> type[BaseModel]:
@@ -143,6 +141,10 @@ class Resource:
             extra: dict[str, Any] = {"description": spec.description} if spec.description else {}
             if annotation is str:
                 extra["max_length"] = 255
+            elif annotation is datetime:  # naive times are ambiguous: require an offset
+                annotation = AwareDatetime
+            elif annotation is int:  # database integers are 64-bit; larger values would overflow the driver
+                extra.update(ge=-(2**63), le=2**63 - 1)
             fields[name] = (annotation | None, Field(default=None, **extra))
         return create_model(
             f"{self.read.__name__}ListQuery", __config__=ConfigDict(extra="forbid"), **fields
@@ -213,10 +215,9 @@ async def list_rows(ctx: Ctx, resource: Resource, *, extra_where: Sequence[Colum
     if column is pk:
         orders = orders[:1]
     statement = statement.order_by(*orders).limit(query.limit + 1)
-    async with ctx.request.app[SESSIONS].kw["bind"].connect() as connection:
-        rows = list(await connection.execute(statement))
-        count_statement = select(func.count()).select_from(resource.model).where(*where)
-        total = int((await connection.execute(count_statement)).scalar_one())
+    count_statement = select(func.count()).select_from(resource.model).where(*where)
+    rows, counted = await ctx.request.app[READER].rows(statement, count_statement)
+    total = int(counted[0][0])
     next_cursor = None
     if len(rows) > query.limit:
         rows = rows[: query.limit]
@@ -357,6 +358,6 @@ def crud_routes(resource: Resource, routes: web.RouteTableDef | None = None) -> 
 
 
 __all__ = [
-    "ApiModel", "Decimal", "Filter", "ReadModel", "Resource", "check_references", "commit_or_conflict",
-    "crud_routes", "datetime", "get_row", "list_rows",
+    "ApiModel", "Filter", "ReadModel", "Resource", "check_references", "commit_or_conflict", "crud_routes",
+    "get_row", "list_rows",
 ]

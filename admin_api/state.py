@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from admin_api.auth import Principal, TokenAuthenticator
 from admin_api.metrics import ApiMetrics
 from admin_api.ratelimit import RateLimiter
+from admin_api.reader import Reader
 from bot.events import EventBus
 from bot.settings import Settings
 
@@ -52,6 +53,7 @@ AUTH = web.AppKey("auth", TokenAuthenticator)
 METRICS = web.AppKey("metrics", ApiMetrics)
 LIMITER = web.AppKey("limiter", RateLimiter)
 DOC_CACHE = web.AppKey("doc_cache", dict[str, bytes])
+READER = web.AppKey("reader", Reader)
 
 # Per-request values.
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import AwareDatetime, BaseModel, Field, SecretStr
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,7 +46,7 @@ class CredentialCreate(ApiModel):
     secret: SecretFields
     scopes: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=100)] = Field(
         default_factory=list)
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
     metadata: JsonObject = Field(default_factory=dict)
 
 
@@ -56,7 +56,7 @@ class CredentialUpdate(ApiModel):
     name: Name | None = None
     secret: SecretFields | None = None
     scopes: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=100)] | None = None
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
     metadata: JsonObject | None = None
     revoked: bool | None = None
 
@@ -128,8 +128,16 @@ def check_against_template(
     schema = dict(template.fields_schema)
     if partial:
         schema.pop("required", None)
+    from jsonschema.exceptions import SchemaError
+    from referencing.exceptions import Unresolvable
+
+    try:
+        found = list(Draft202012Validator(schema).iter_errors(fields))
+    except (SchemaError, Unresolvable):  # expected when an administrator stored a broken form
+        raise Conflict(f"the credential form of {template.service!r} is not a usable JSON Schema; "
+                       "fix the template") from None
     errors = []
-    for error in Draft202012Validator(schema).iter_errors(fields):
+    for error in found:
         # Name the rule and the field, never the submitted value (it is a secret).
         shown = f" ({error.validator_value})" if error.validator in ("required", "additionalProperties") else ""
         errors.append({"loc": ["body", "secret", *[str(part) for part in error.absolute_path]],

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_api.endpoint import Ctx, endpoint
-from admin_api.problems import Unavailable, UpstreamFailed, ValidationFailed
+from admin_api.problems import Conflict, Unavailable, UpstreamFailed, ValidationFailed
 from admin_api.resource import ApiModel, Filter, ReadModel, Resource, crud_routes
 from admin_api.resources._common import Id, Key, LongText, Name, Timestamps
 from admin_api.state import SERVICES, SESSIONS
@@ -139,10 +139,12 @@ async def _fulltext(session: AsyncSession, query: SearchQuery) -> list[tuple[int
             f"WHERE knowledge_base_fts MATCH :match{source} ORDER BY bm25(knowledge_base_fts) LIMIT :limit"
         )
     else:
-        params["match"] = " ".join(words)
+        # Boolean mode with every word required, like FTS5's implicit AND; InnoDB does not index
+        # words shorter than 3 characters, so requiring them would match nothing.
+        params["match"] = " ".join("+" + word for word in words if len(word) >= 3) or words[0]
         statement = text(
-            "SELECT k.id, MATCH(k.title, k.content) AGAINST (:match IN NATURAL LANGUAGE MODE) AS score "
-            "FROM knowledge_base k WHERE MATCH(k.title, k.content) AGAINST (:match IN NATURAL LANGUAGE MODE)"
+            "SELECT k.id, MATCH(k.title, k.content) AGAINST (:match IN BOOLEAN MODE) AS score "
+            "FROM knowledge_base k WHERE MATCH(k.title, k.content) AGAINST (:match IN BOOLEAN MODE)"
             f"{source} ORDER BY score DESC LIMIT :limit"
         )
     try:
@@ -167,10 +169,11 @@ async def _semantic(ctx: Ctx, session: AsyncSession, query: SearchQuery) -> list
     if query.source_id is not None:
         statement = statement.where(KnowledgeEntry.source_id == query.source_id)
     rows = [row for row in (await session.execute(statement)).all() if row[1]]
-    if not rows:
-        raise Unavailable("no knowledge entry has an embedding yet; use mode=fulltext")
     if embedder is None:
-        raise Unavailable("this daemon has no embedding provider configured; use mode=fulltext")
+        raise Conflict("semantic search needs an embedding provider and this daemon has none; "
+                       "use mode=fulltext")
+    if not rows:
+        raise Conflict("no knowledge entry has an embedding yet; use mode=fulltext")
     from bot.engine.providers.port import ProviderError
 
     models = {row[2] for row in rows}
@@ -186,7 +189,8 @@ async def _semantic(ctx: Ctx, session: AsyncSession, query: SearchQuery) -> list
 
 
 @endpoint(routes, "GET", "/knowledge/search", summary="Search the knowledge base", tag="knowledge base",
-          scope="read", query=SearchQuery, response=SearchResults, problems=(ValidationFailed, Unavailable))
+          scope="read", query=SearchQuery, response=SearchResults,
+          problems=(ValidationFailed, Conflict, Unavailable, UpstreamFailed))
 async def search(ctx: Ctx) -> SearchResults:
     """Full-text (database index) or semantic (embeddings) search."""
     query = ctx.query_as(SearchQuery)

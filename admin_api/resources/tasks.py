@@ -6,12 +6,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_api.endpoint import Ctx, endpoint
-from admin_api.problems import Conflict, NotFound
+from admin_api.problems import Conflict, NotFound, ValidationFailed
 from admin_api.resource import ApiModel, Filter, Resource, crud_routes, get_row
 from admin_api.resources._common import Id, JsonList, Key, LongText, Priority, ShortKey, Text, Timestamps
 from admin_api.state import BUS, SERVICES, SESSIONS
@@ -42,7 +42,7 @@ class TaskCreate(ApiModel):
     template_id: Id | None = None
     workflow_id: Id | None = None
     conversation_id: Id | None = None
-    deadline_at: datetime | None = None
+    deadline_at: AwareDatetime | None = None
     idempotency_key: Key | None = None
     origin: Origin = Field(default_factory=Origin)
 
@@ -54,7 +54,7 @@ class TaskUpdate(ApiModel):
     description: LongText | None = None
     priority: Priority | None = None
     category: ShortKey | None = None
-    deadline_at: datetime | None = None
+    deadline_at: AwareDatetime | None = None
 
 
 class TaskRead(Timestamps):
@@ -82,8 +82,6 @@ async def _own_task(ctx: Ctx, session: AsyncSession, values: dict[str, Any], row
     if row is None:
         values["user_id"] = ctx.user_id
         values["status"] = TaskStatus.PENDING
-    if "deadline_at" in values and values["deadline_at"] is not None and values["deadline_at"].tzinfo is None:
-        raise Conflict("deadline_at needs a time zone (e.g. 2026-01-01T12:00:00Z)")
     return values
 
 
@@ -263,9 +261,12 @@ async def _check_models(ctx: Ctx, session: AsyncSession, values: dict[str, Any],
     executor = values.get("executor_model_id", row.executor_model_id if row is not None else None)
     validator = values.get("validator_model_id", row.validator_model_id if row is not None else None)
     if executor is not None and executor == validator:
-        raise Conflict("a model never validates its own work: executor and validator must differ")
+        raise ValidationFailed("a model never validates its own work", extra={"errors": [
+            {"loc": ["body", "validator_model_id"], "msg": "must differ from executor_model_id",
+             "type": "value_error"}]})
     if row is None and "depends_on" in values and values["seq"] in values["depends_on"]:
-        raise Conflict("a subtask cannot depend on itself")
+        raise ValidationFailed("a subtask cannot depend on itself", extra={"errors": [
+            {"loc": ["body", "depends_on"], "msg": "contains the subtask's own seq", "type": "value_error"}]})
     return values
 
 

@@ -20,6 +20,7 @@ from bot.db.models import AiModel, AiProvider, UserRole
 from bot.engine.providers.configured import ConfiguredProvider
 from bot.engine.providers.port import DownloadProgress
 from bot.platforms.events import MessageHandle
+from bot.settings import Settings
 
 BAR_WIDTH = 20
 
@@ -55,13 +56,13 @@ def register(registry: CommandRegistry) -> None:
     registry.set_default("models", "list")
 
 
-def _settings(ctx: CommandContext):  # type: ignore[no-untyped-def]
+def _settings(ctx: CommandContext) -> Settings:
     settings = ctx.services.settings
-    if settings is None:
-        from bot.settings import load_settings
+    if isinstance(settings, Settings):
+        return settings
+    from bot.settings import load_settings
 
-        settings = load_settings()
-    return settings
+    return load_settings()
 
 
 @asynccontextmanager
@@ -107,7 +108,7 @@ async def _provider_for(ctx: CommandContext, model: str, provider: str | None) -
         raise NotFoundError("models.not_found", model=model)
     if len(names) > 1:
         raise CommandError("models.ambiguous", model=model, providers=", ".join(names))
-    return names[0]
+    return str(names[0])
 
 
 async def providers_test(ctx: CommandContext) -> str:

@@ -673,6 +673,7 @@ class Engine:
             task.status = TaskStatus.FAILED
             task.error = reason[:4000]
             task.finished_at = utcnow()
+        log.warning("task failed", task_id=task_id, reason=reason[:500])
         self._publish("task.failed", task_id, {"error": reason})
 
     async def _job_dead(self, event: QueueEvent) -> None:

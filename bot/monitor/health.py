@@ -194,6 +194,7 @@ class HealthMonitor:
         self._checks: dict[str, _Registered] = {}
         self._task: asyncio.Task[None] | None = None
         self.last_report: HealthReport | None = None
+        self._last_report_at: float | None = None
         self.watchdog_feeds = 0
 
     def register(self, check: HealthCheck, *, restart: Restart | None = None) -> None:
@@ -212,8 +213,15 @@ class HealthMonitor:
         return list(self._checks)
 
     async def is_healthy(self) -> bool:
-        """Whether the last round found every critical check passing (False before any round)."""
-        return self.last_report is not None and self.last_report.healthy
+        """Whether the last round found every critical check passing and is recent.
+
+        False before any round, and False when no round finished in three intervals: a health
+        loop that hangs must not keep reporting its last good verdict.
+        """
+        if self.last_report is None or self._last_report_at is None:
+            return False
+        fresh = self._clock() - self._last_report_at <= 3 * self.interval_s + self.timeout_s
+        return fresh and self.last_report.healthy
 
     async def _run_check(self, entry: _Registered) -> CheckResult:
         try:
@@ -260,6 +268,7 @@ class HealthMonitor:
             fed_watchdog=fed,
         )
         self.last_report = report
+        self._last_report_at = self._clock()
         if self._publish is not None:
             self._publish(Event(topic=HEALTH_TOPIC, kind="health", payload=report.as_json()))
         return report

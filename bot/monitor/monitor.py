@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.engine.providers.port import LLMProvider
+from bot.engine.queue import JobQueue
 from bot.events import Event, EventBus
 from bot.logs import get_logger
 from bot.monitor.actions import (
@@ -99,7 +100,7 @@ class Monitor:
         bus: EventBus | None = None,
         providers: Callable[[], Iterable[LLMProvider]] = tuple,
         probes: Sequence[Probe] | None = None,
-        queue: Any = None,
+        queue: JobQueue | None = None,
         on_admission_resumed: Callable[[], None] | None = None,
         feed_watchdog: Callable[[], object] | None = None,
         on_alert: AlertCallback | None = None,

@@ -95,6 +95,7 @@ class InteractionPayload(TypedDict, total=False):
     data: dict[str, Any]
     guild_id: str
     channel_id: str
+    channel: dict[str, Any]
     member: dict[str, Any]
     user: dict[str, Any]
     token: str
@@ -580,7 +581,7 @@ class DiscordPlatform(Platform):
             team_id=interaction.get("guild_id"),
             locale=interaction.get("locale"),
         )
-        place = Place(PLATFORM, str(interaction.get("channel_id") or (interaction.get("channel") or {}).get("id")))  # type: ignore[typeddict-item]
+        place = Place(PLATFORM, str(interaction.get("channel_id") or (interaction.get("channel") or {}).get("id")))
         conversation = DiscordInteractionConversation(self.rest, place, token=str(interaction["token"]), sender=sender)
         data = interaction.get("data") or {}
         if interaction.get("type") == APPLICATION_COMMAND:

@@ -313,13 +313,13 @@ class SlackPlatform(Platform):
             self._socket = AsyncSocketModeHandler(
                 self.app, app_token=self.settings.app_token.get_secret_value(), web_client=self.client
             )
-            await self._socket.connect_async()
+            await self._socket.connect_async()  # type: ignore[no-untyped-call]
         log.info("slack connected", mode="socket" if self.socket_mode else "http", team=self.team_id)
 
     async def _disconnect(self) -> None:
         if self._socket is not None:
             socket, self._socket = self._socket, None
-            await socket.close_async()
+            await socket.close_async()  # type: ignore[no-untyped-call]
 
     def conversation(self, place: Place) -> Conversation:
         """A channel or thread to post into."""

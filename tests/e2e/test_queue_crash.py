@@ -35,6 +35,7 @@ from tests.e2e.queue_worker_proc import (  # noqa: F401  (fixtures)
     queue_url,
 )
 
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 BOUNDARIES = [
     "claim.before_commit",

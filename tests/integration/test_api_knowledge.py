@@ -100,5 +100,5 @@ async def test_semantic_search_uses_the_embedding_model(shared_db: str, tmp_path
 
 async def test_semantic_search_without_an_embedder_says_so(api: Api) -> None:
     status, problem, _ = await api.call("GET", "/knowledge/search", params={"q": "x", "mode": "semantic"})
-    assert status == 503
+    assert status == 409
     assert "embedding" in problem["detail"]

@@ -42,6 +42,20 @@ async def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, what:
 
 
 @pytest.fixture
+async def sqlite_database(sqlite_url: str) -> AsyncIterator[tuple[AsyncEngine, async_sessionmaker[AsyncSession]]]:
+    """SQLite only, for behaviour that does not depend on the backend (the backend-sensitive
+    tests above run on both)."""
+    from bot.db.migrate import upgrade_to_head
+
+    await upgrade_to_head(sqlite_url, backup_dir=None)
+    engine = create_engine(sqlite_url)
+    try:
+        yield engine, session_factory(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
 async def database(migrated_db: str) -> AsyncIterator[tuple[AsyncEngine, async_sessionmaker[AsyncSession]]]:
     engine = create_engine(migrated_db)
     try:
@@ -120,9 +134,9 @@ async def test_a_stuck_job_is_recovered_and_runs_to_completion(
 
 
 async def test_a_stalled_queue_is_unhealthy_and_its_worker_restarted(
-    database: tuple[AsyncEngine, async_sessionmaker[AsyncSession]],
+    sqlite_database: tuple[AsyncEngine, async_sessionmaker[AsyncSession]],
 ) -> None:
-    engine, sessions = database
+    engine, sessions = sqlite_database
     queue = JobQueue(engine, lease_s=5.0)
     await queue.enqueue(JobSpec(kind="echo", idempotency_key="health:stalled"))
     workers: list[Worker] = []
@@ -166,9 +180,9 @@ async def test_a_stalled_queue_is_unhealthy_and_its_worker_restarted(
 
 
 async def test_watchdog_is_fed_only_while_healthy(
-    database: tuple[AsyncEngine, async_sessionmaker[AsyncSession]], notify_socket: socket.socket
+    sqlite_database: tuple[AsyncEngine, async_sessionmaker[AsyncSession]], notify_socket: socket.socket
 ) -> None:
-    _engine, sessions = database
+    _engine, sessions = sqlite_database
     source = ReplaySource.from_file(FIXTURES / "real_host.jsonl", loop=True)
     clock = [source.clock()]
     sampler = Sampler(probes=[source], clock=lambda: clock[0])
@@ -194,6 +208,7 @@ async def test_watchdog_is_fed_only_while_healthy(
         assert report.healthy
         assert report.fed_watchdog
         assert received(notify_socket) == ["WATCHDOG=1"]
+        assert await health.is_healthy()
 
         # The database goes away: critical, so the watchdog starves and systemd will restart us.
         unreachable = create_engine("mysql+aiomysql://root@127.0.0.1:1/nothing")
@@ -207,14 +222,15 @@ async def test_watchdog_is_fed_only_while_healthy(
         assert not report.results["database"].ok
         assert received(notify_socket) == []
         assert health.watchdog_feeds == 2
+        assert await health.is_healthy() is False
     finally:
         await down.aclose()
 
 
 async def test_a_hung_sampler_is_restarted_by_the_health_checks(
-    database: tuple[AsyncEngine, async_sessionmaker[AsyncSession]], notify_socket: socket.socket, tmp_path: Path
+    sqlite_database: tuple[AsyncEngine, async_sessionmaker[AsyncSession]], notify_socket: socket.socket, tmp_path: Path
 ) -> None:
-    _engine, sessions = database
+    _engine, sessions = sqlite_database
     settings = MonitorSettings(interval_s=0.05, health_interval_s=0.1, restart_after_failures=2)
     monitor = Monitor(
         settings=settings,

@@ -117,13 +117,13 @@ async def test_foreign_keys_are_enforced(sessions: async_sessionmaker[AsyncSessi
             await session.commit()
 
 
-async def test_sqlite_connections_enforce_foreign_keys(migrated_url: str) -> None:
-    if not is_sqlite(migrated_url):
-        pytest.skip("a SQLite pragma")
+async def test_raw_sql_connections_enforce_foreign_keys(migrated_url: str) -> None:
+    """Not only the ORM: every connection the engine hands out checks foreign keys."""
+    setting = "PRAGMA foreign_keys" if is_sqlite(migrated_url) else "SELECT @@foreign_key_checks"
     engine = create_engine(migrated_url)
     try:
         async with engine.connect() as connection:
-            assert (await connection.execute(text("PRAGMA foreign_keys"))).scalar_one() == 1
+            assert (await connection.execute(text(setting))).scalar_one() == 1
             with pytest.raises(IntegrityError):
                 await connection.execute(
                     text(

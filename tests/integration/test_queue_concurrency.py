@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from bot.db.engine import create_engine
 from bot.engine.queue import JobQueue, JobSpec
 from tests.e2e.queue_worker_proc import (  # noqa: F401  (fixtures)
@@ -16,6 +18,7 @@ from tests.e2e.queue_worker_proc import (  # noqa: F401  (fixtures)
     queue_url,
 )
 
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 JOBS = 10_000
 

@@ -211,6 +211,11 @@ async def test_router_calls_land_in_credit_usage_with_cost(
     assert first.model_id == model_id
     assert first.currency == "EUR"
     assert first.cost == Decimal("0.002030")
+    async with sessions() as session:
+        model = await session.get(AiModel, model_id)
+    assert model is not None
+    assert model.last_used_at is not None
+    assert [d.id for d in registry.deployments()] == ["paid/qwen-7b", "paid/smol-135m"]
 
 
 def test_cost_is_zero_without_a_price() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from bot.engine.providers._http import HttpTimeouts
 from bot.engine.providers.openai_compat import OpenAICompatProvider
-from bot.engine.providers.port import ChatMessage, ChatRequest, ProviderHTTPError
+from bot.engine.providers.port import ChatMessage, ChatRequest, ProviderHTTPError, ProviderTimeoutError
 from bot.engine.providers.router import (
     CONTINUE_INSTRUCTION,
     CallRecord,
@@ -271,6 +271,17 @@ async def test_server_error_event_midway_continues_on_the_fallback_model(
     text, _ = await collect(router, request("big"))
     assert text == ANSWER
     assert [call.body["model"] for call in fake.calls(CHAT)] == ["big", "small"]
+
+
+async def test_total_timeout_bounds_the_whole_request(servers: tuple[FakeOpenAICompat, FakeOpenAICompat]) -> None:
+    fake, _ = servers
+    fake.script("m", answer=ANSWER, token_delay_s=0.3)
+    router = Router(deployments=[Deployment(provider=provider("a", fake), model="m")],
+                    config=RouterConfig(total_timeout_s=0.8, backoff_base_s=0))  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(ProviderTimeoutError, match="total timeout"):
+        await collect(router, request())
+    assert time.monotonic() - started < 3
 
 
 async def test_abandoned_stream_releases_its_deployment(servers: tuple[FakeOpenAICompat, FakeOpenAICompat]) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from bot.monitor.actions import clean_data_dir
 from bot.monitor.charts import PNG_MAGIC, render_png
+from bot.monitor.health import CheckResult, HealthMonitor
 from bot.monitor.config import RetentionSettings
 from bot.monitor.probes import PowermetricsProbe, RocmSmiProbe, parse_powermetrics, parse_rocm_smi
 from bot.monitor.readings import Reading, Sample
@@ -267,3 +268,79 @@ def test_powermetrics_plist_becomes_apple_readings() -> None:
     assert readings["gpu.apple.thermal_pressure_level"].value == 0
     bare = {r.name: r for r in parse_powermetrics(plistlib.dumps({"elapsed_ns": 1}))}
     assert not bare["gpu.apple.util_percent"].available
+
+
+async def test_monitor_charts_its_last_hour_from_memory(tmp_path: Path) -> None:
+    from bot.monitor import Monitor, MonitorSettings
+
+    source = ReplaySource.from_file(FIXTURES / "gpu_pressure.jsonl")
+    monitor = Monitor(settings=MonitorSettings(), data_dir=tmp_path, probes=[source], clock=source.clock)
+    while source.remaining:
+        await monitor.sampler.sample_once()
+    png = await monitor.chart_png(["gpu.*.vram_percent", "gpu.*.temp_c"], last_s=3600)
+    assert png.startswith(PNG_MAGIC)
+    assert len(png) > 5_000
+    status = monitor.status()
+    assert status["ticks"] == 60
+    assert {rule["rule"] for rule in status["rules"]} >= {"cpu_high", "gpu_hot"}
+
+
+# -- health bookkeeping --------------------------------------------------------------------
+
+
+class _Flag:
+    """A component whose health the test sets (a real HealthCheck, as a chat connection is)."""
+
+    name = "chat:slack"
+    critical = True
+
+    def __init__(self) -> None:
+        self.ok = True
+        self.restarts = 0
+
+    async def check(self) -> CheckResult:
+        if not self.ok:
+            raise ConnectionError("socket closed by peer")
+        return CheckResult(ok=True, detail="connected")
+
+    async def restart(self) -> None:
+        self.restarts += 1
+        self.ok = True
+
+
+async def test_health_verdict_goes_stale_and_restarts_are_budgeted() -> None:
+    clock = [0.0]
+    feeds: list[int] = []
+    health = HealthMonitor(
+        feed_watchdog=lambda: feeds.append(1),
+        interval_s=10,
+        timeout_s=1,
+        restart_after_failures=1,
+        max_restarts_per_hour=2,
+        clock=lambda: clock[0],
+    )
+    chat = _Flag()
+    health.register(chat, restart=chat.restart)
+    with pytest.raises(ValueError, match="already registered"):
+        health.register(chat)
+    assert await health.is_healthy() is False  # no round yet
+    assert (await health.run_once()).healthy
+    assert await health.is_healthy()
+    clock[0] += 31.5  # three intervals and the timeout without a round: the loop is hung
+    assert await health.is_healthy() is False
+
+    chat.ok = False
+    report = await health.run_once()
+    assert not report.healthy
+    assert report.results["chat:slack"].detail == "ConnectionError: socket closed by peer"
+    assert report.restarted == ("chat:slack",)
+    assert chat.restarts == 1
+    for _ in range(3):
+        chat.ok = False
+        await health.run_once()
+    assert chat.restarts == 2  # the hourly budget holds
+    clock[0] += 3601
+    chat.ok = False
+    await health.run_once()
+    assert chat.restarts == 3
+    assert len(feeds) == 1

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.db.base import utcnow
 from bot.db.models import AiModel, AiProvider, DiscoveryEvent, HealthStatus, ModelDiscovery
 from bot.engine.providers.port import LLMProvider, ModelInfo, ProviderError
+from bot.engine.providers.router import Deployment
 from bot.events import Event
 from bot.logs import get_logger
 
@@ -89,6 +90,16 @@ class ModelRegistry:
         models = await self._client(provider).list_models(refresh=True)
         self._cache[provider] = _Cached(models=list(models), at=self.clock())
         return list(models)
+
+    def deployments(self) -> list[Deployment]:
+        """A router deployment for every chat model in the cached lists (embedding models excluded)."""
+        return [
+            Deployment(provider=self.providers[name], model=info.key)
+            for name, cached in self._cache.items()
+            if name in self.providers
+            for info in cached.models
+            if info.model_type != "embedding" and "embedding" not in info.capabilities
+        ]
 
     def invalidate(self, provider: str | None = None) -> None:
         """Forget cached lists (after a load, unload or download)."""

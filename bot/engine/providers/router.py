@@ -323,6 +323,12 @@ class _Attempts:
         err = self.last_error
         if err is not None and classify(err) == "raise":
             return err
+        if self._deadline is not None and self._router._clock() >= self._deadline:
+            detail = f"; last error: {err.message}" if err is not None else ""
+            return ProviderTimeoutError(
+                f"no complete answer for model {group!r} within the total timeout{detail}",
+                hint="raise the timeout or use a faster model",
+            )
         tried = ", ".join(dict.fromkeys(self.attempted)) or "none"
         detail = f"; last error: {err.message}" if err is not None else ""
         if not self._router.groups().get(group) and not self.attempted:

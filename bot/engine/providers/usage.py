@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.db.base import utcnow
 from bot.db.models import AiModel, AiProvider, CreditUsage
 from bot.engine.providers.router import CallRecord
 
@@ -45,7 +46,7 @@ def call_cost(settings: Mapping[str, Any], model: str, *, prompt_tokens: int, co
 
 @dataclass
 class CreditRecorder:
-    """A router hook that stores one `credit_usage` row per answered call."""
+    """A router hook that stores one `credit_usage` row per answered call (and the model's last use)."""
 
     sessions: async_sessionmaker[AsyncSession]
     task_id: int | None = None
@@ -63,9 +64,13 @@ class CreditRecorder:
             settings: Mapping[str, Any] = {}
             if provider is not None:
                 settings = provider.settings or {}
-                model_id = await session.scalar(
-                    select(AiModel.id).where(AiModel.provider_id == provider.id, AiModel.model_key == record.model)
+                model = await session.scalar(
+                    select(AiModel).where(AiModel.provider_id == provider.id, AiModel.model_key == record.model)
                 )
+                if model is not None:
+                    model_id = model.id
+                    if record.ok:
+                        model.last_used_at = utcnow()
             currency = settings.get("currency", "USD") if isinstance(settings.get("currency"), str) else "USD"
             session.add(
                 CreditUsage(
