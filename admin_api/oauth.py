@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import secrets
 from datetime import timedelta
 from typing import Any
@@ -247,5 +246,3 @@ async def callback(ctx: Ctx) -> web.Response:
 
 _DONE_HTML = ("<!doctype html><meta charset='utf-8'><title>Connected</title>"
               "<p>{service} is connected. You can close this window.</p>")
-
-__all__ = ["json", "routes"]

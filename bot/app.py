@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bot import __version__
+from bot.errors import OrchestratorError
 from bot.logs import get_logger, register_secret
 from bot.settings import Settings, redact_url
 from bot.systemd import notify, watchdog_interval_s
@@ -46,6 +47,11 @@ class Runtime:
     engine: Any = None
     session_factory: Any = None
     bus: Any = None
+    vault: Any = None
+    monitor_state: Any = None
+    monitor: Any = None
+    engine_runtime: Any = None
+    admin_api: Any = None
     health_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
 
@@ -95,6 +101,124 @@ class DatabaseComponent:
     async def stop(self) -> None:
         if self._runtime.engine is not None:
             await self._runtime.engine.dispose()
+
+
+class VaultComponent:
+    """Opens the keyring (creating it, with a warning to back it up, on first start)."""
+
+    name = "vault"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def start(self) -> None:
+        from bot.vault import open_vault
+
+        self._runtime.vault = open_vault(self._runtime.settings, create=True)
+
+    async def stop(self) -> None:
+        self._runtime.vault = None
+
+
+class EngineComponent:
+    """Providers, model registry, router, durable queue and the worker that runs tasks."""
+
+    name = "engine"
+
+    def __init__(self, runtime: Runtime, *, sync_interval_s: float = 300.0) -> None:
+        self._runtime = runtime
+        self._sync_interval_s = sync_interval_s
+        self._scheduler: Any = None
+
+    async def start(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        from bot.engine.runtime import EngineRuntime
+
+        state = self._runtime.monitor_state
+        engine_runtime = EngineRuntime(settings=self._runtime.settings, db_engine=self._runtime.engine,
+                                       sessions=self._runtime.session_factory, bus=self._runtime.bus,
+                                       admission=state.admit if state is not None else None)
+        self._runtime.engine_runtime = engine_runtime
+        await engine_runtime.start()
+        for notice in engine_runtime.notices:
+            log.warning(notice)
+        self._scheduler = AsyncIOScheduler()
+        self._scheduler.add_job(engine_runtime.sync_models, "interval", seconds=self._sync_interval_s,
+                                id="models.sync", coalesce=True, max_instances=1)
+        self._scheduler.start()
+
+    async def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self._runtime.engine_runtime is not None:
+            await self._runtime.engine_runtime.stop()
+
+
+class MonitorComponent:
+    """Hardware probes every second, rules that act on the engine, and 10-second health checks."""
+
+    name = "monitor"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def start(self) -> None:
+        from bot.monitor.monitor import Monitor
+
+        runtime = self._runtime
+        engine_runtime = runtime.engine_runtime
+        worker = engine_runtime.worker if engine_runtime is not None else None
+        runtime.monitor = Monitor(
+            settings=runtime.settings.monitor, data_dir=runtime.settings.data_dir,
+            sessions=runtime.session_factory, bus=runtime.bus, state=runtime.monitor_state,
+            providers=lambda: tuple(engine_runtime.providers.values()) if engine_runtime else (),
+            queue=engine_runtime.queue if engine_runtime else None,
+            on_admission_resumed=worker.wake if worker is not None else None,
+        )
+        await runtime.monitor.start()
+        # The daemon feeds systemd's watchdog only while the monitor's health rounds pass.
+        runtime.health_checks["monitor"] = runtime.monitor.health.is_healthy
+
+    async def stop(self) -> None:
+        if self._runtime.monitor is not None:
+            await self._runtime.monitor.stop()
+
+
+class AdminApiComponent:
+    """The aiohttp admin API (CRUD, OAuth callbacks, WebSocket streams, metrics)."""
+
+    name = "admin_api"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def start(self) -> None:
+        from admin_api.server import start_admin_api
+        from admin_api.state import Services
+
+        engine_runtime = self._runtime.engine_runtime
+        services = Services(
+            vault=self._runtime.vault,
+            queue=engine_runtime.queue if engine_runtime else None,
+            providers=engine_runtime.registry if engine_runtime else None,
+        )
+        api = self._runtime.settings.admin_api
+        try:
+            self._runtime.admin_api = await start_admin_api(
+                settings=self._runtime.settings, session_factory=self._runtime.session_factory,
+                bus=self._runtime.bus, services=services,
+            )
+        except OSError as err:
+            raise OrchestratorError(
+                f"the admin API cannot listen on {api.host}:{api.port}: {err.strerror or err}",
+                hint="stop the program using that port or set ORCH_ADMIN_API__PORT",
+            ) from err
+        log.info("admin API listening", url=self._runtime.admin_api.base_url)
+
+    async def stop(self) -> None:
+        if self._runtime.admin_api is not None:
+            await self._runtime.admin_api.stop()
 
 
 class Daemon:
@@ -183,7 +307,21 @@ def build_components(runtime: Runtime, *, migrate: bool) -> list[Component]:
                    settings.discord.bot_token, settings.lmstudio.api_token, settings.vault.keys):
         if secret is not None:
             register_secret(secret.get_secret_value())
-    components: list[Component] = [DatabaseComponent(runtime, migrate=migrate)]
+    from bot.events import EventBus
+
+    runtime.bus = EventBus()
+    components: list[Component] = [
+        DatabaseComponent(runtime, migrate=migrate),
+        VaultComponent(runtime),
+        EngineComponent(runtime),
+    ]
+    if settings.monitor.enabled:
+        from bot.monitor.state import MonitorState
+
+        runtime.monitor_state = MonitorState()
+        components.append(MonitorComponent(runtime))
+    if settings.admin_api.enabled:
+        components.append(AdminApiComponent(runtime))
     return components
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.errors import OrchestratorError
+from bot.monitor.config import MonitorSettings
 
 ENV_PREFIX = "ORCH_"
 _toml_values: ContextVar[dict[str, Any] | None] = ContextVar("_toml_values", default=None)
@@ -173,6 +174,7 @@ class Settings(BaseSettings):
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     vault: VaultSettings = Field(default_factory=VaultSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -19,10 +19,11 @@ def notify(state: str, *, environ: dict[str, str] | None = None) -> bool:
         return False
     target = "\0" + address[1:] if address.startswith("@") else address
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.connect(target)
-            sock.sendall(state.encode("utf-8"))
-    except OSError:
+            # Non-blocking: a receiver that stopped reading must never stall the daemon's loop.
+            sock.send(state.encode("utf-8"), socket.MSG_DONTWAIT)
+    except OSError:  # includes BlockingIOError when the receiver's queue is full
         return False
     return True
 

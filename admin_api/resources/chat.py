@@ -8,7 +8,6 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import Field
 
-from admin_api.endpoint import Ctx
 from admin_api.resource import ApiModel, Filter, ReadModel, Resource, crud_routes
 from admin_api.resources._common import Id, Key, ShortKey, Timestamps
 from bot.db.models import ChatConversation, ChatMessage, MessageRole
@@ -93,5 +92,3 @@ MESSAGES = Resource(
              "until": Filter("created_at", datetime, "le")},
 )
 crud_routes(MESSAGES, routes)
-
-__all__ = ["CONVERSATIONS", "MESSAGES", "Ctx", "routes"]

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, Field, SecretStr
+from pydantic import AwareDatetime, Field, SecretStr
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +22,6 @@ from admin_api.problems import Conflict, ReferenceNotFound, Unavailable, Validat
 from admin_api.resource import (
     ApiModel,
     Filter,
-    ReadModel,
     Resource,
     check_references,
     commit_or_conflict,
@@ -223,5 +222,3 @@ TEMPLATES = Resource(
     filters={"auth_type": Filter("auth_type", AuthType)},
 )
 crud_routes(TEMPLATES, routes)
-
-__all__ = ["CREDENTIALS", "TEMPLATES", "BaseModel", "ReadModel", "open_secret", "routes", "seal_secret"]

@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_api.endpoint import Ctx, endpoint
 from admin_api.problems import Conflict, Unavailable, UpstreamFailed, ValidationFailed
-from admin_api.resource import ApiModel, Filter, ReadModel, Resource, crud_routes
-from admin_api.resources._common import Id, Key, LongText, Name, Timestamps
+from admin_api.resource import ApiModel, Filter, Resource, crud_routes
+from admin_api.resources._common import Id, Key, Name, Timestamps
 from admin_api.state import SERVICES, SESSIONS
 from bot.db.models import KnowledgeEntry, KnowledgeSource, SyncStatus
 
@@ -249,5 +249,3 @@ SOURCES = Resource(
              "is_active": Filter("is_active", bool)},
 )
 crud_routes(SOURCES, routes)
-
-__all__ = ["ENTRIES", "SOURCES", "LongText", "ReadModel", "routes"]

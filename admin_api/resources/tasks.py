@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from admin_api.endpoint import Ctx, endpoint
 from admin_api.problems import Conflict, NotFound, ValidationFailed
 from admin_api.resource import ApiModel, Filter, Resource, crud_routes, get_row
-from admin_api.resources._common import Id, JsonList, Key, LongText, Priority, ShortKey, Text, Timestamps
+from admin_api.resources._common import Id, Key, LongText, Priority, ShortKey, Text, Timestamps
 from admin_api.state import BUS, SERVICES, SESSIONS
 from bot.db.base import utcnow
 from bot.db.models import Subtask, SubtaskStatus, Task, TaskStatus
@@ -85,9 +85,20 @@ async def _own_task(ctx: Ctx, session: AsyncSession, values: dict[str, Any], row
     return values
 
 
+async def start_planning(ctx: Ctx, task: Any) -> None:
+    """Queue the engine's planning job for a new task (what the engine's own submit does)."""
+    from bot.engine.orchestrator import KIND_PLAN
+    from bot.engine.queue import JobSpec
+
+    await _queue(ctx).enqueue(JobSpec(kind=KIND_PLAN, idempotency_key=f"task:{task.id}:plan",
+                                      payload={"task_id": task.id}, priority=task.priority, task_id=task.id))
+    ctx.request.app[BUS].publish(Event(topic="task", kind="task.created", task_id=task.id,
+                                       payload={"title": task.title}))
+
+
 TASKS = Resource(
     name="tasks", tag="tasks", model=Task, read=TaskRead, create=TaskCreate, update=TaskUpdate,
-    prepare=_own_task, sort_fields=("id", "created_at", "priority"),
+    prepare=_own_task, after_create=start_planning, sort_fields=("id", "created_at", "priority"),
     filters={
         "status": Filter("status", TaskStatus),
         "category": Filter("category", str),
@@ -281,5 +292,3 @@ SUBTASKS = Resource(
     },
 )
 crud_routes(SUBTASKS, routes)
-
-__all__ = ["SUBTASKS", "TASKS", "JsonList", "routes"]

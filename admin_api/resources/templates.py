@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import string
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field, field_validator, model_validator
@@ -13,10 +13,9 @@ from admin_api.endpoint import Ctx, Reply, endpoint
 from admin_api.problems import Conflict, NotFound, ReferenceNotFound, ValidationFailed
 from admin_api.resource import ApiModel, Filter, Resource, check_references, commit_or_conflict, crud_routes, get_row
 from admin_api.resources._common import Id, JsonObject, Key, LongText, Name, Priority, ShortKey, Text, Timestamps
-from admin_api.resources.tasks import TASKS, TaskRead
-from admin_api.state import BUS, SESSIONS
+from admin_api.resources.tasks import TASKS, TaskRead, start_planning
+from admin_api.state import SESSIONS
 from bot.db.models import AiTemplate, AiWorkflow, Instruction, InstructionScope, Task, TaskStatus
-from bot.events import Event
 
 routes = web.RouteTableDef()
 
@@ -228,8 +227,7 @@ async def execute_workflow(ctx: Ctx) -> Reply:
         session.add(task)
         await commit_or_conflict(session, "task")
         await session.refresh(task)
-    ctx.request.app[BUS].publish(Event(topic="task", kind="created", task_id=task.id,
-                                       payload={"workflow_id": workflow.id, "version": workflow.version}))
+    await start_planning(ctx, task)
     return Reply(TASKS.serialise(task), status=201, headers={"Location": f"/tasks/{task.id}"})
 
 
@@ -287,5 +285,3 @@ INSTRUCTIONS = Resource(
              "task_id": Filter("task_id", int), "is_active": Filter("is_active", bool)},
 )
 crud_routes(INSTRUCTIONS, routes)
-
-__all__ = ["INSTRUCTIONS", "TEMPLATES", "WORKFLOWS", "Literal", "routes"]

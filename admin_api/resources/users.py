@@ -6,10 +6,10 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from admin_api.auth import SCOPES, Scope, mint_token
+from admin_api.auth import Scope, mint_token
 from admin_api.endpoint import Ctx, Reply, endpoint
 from admin_api.problems import Conflict, NotFound, ReferenceNotFound, ValidationFailed
 from admin_api.resource import ApiModel, Filter, ReadModel, Resource, commit_or_conflict, crud_routes, get_row
@@ -136,6 +136,3 @@ async def revoke_token(ctx: Ctx) -> BaseModel:
         await commit_or_conflict(session, "token")
     ctx.request.app[AUTH].forget(token_id)
     return TOKENS.serialise(row)
-
-
-__all__ = ["SCOPES", "TOKENS", "USERS", "EmailStr", "routes"]

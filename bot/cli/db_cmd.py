@@ -135,9 +135,7 @@ def downgrade_cmd(revision: str, yes: bool, as_json: bool) -> None:
             "dropped (a backup is written first)",
             abort=True,
         )
-    report = asyncio.run(
-        downgrade(url, revision, backup_dir=_backup_dir(settings), settings=settings)
-    ).as_dict()
+    report = asyncio.run(downgrade(url, revision, backup_dir=_backup_dir(settings), settings=settings)).as_dict()
     if as_json:
         echo_json(report)
         return

@@ -1,9 +1,8 @@
 """Chat commands: one registry, a permission check and an audit row per command, one error boundary.
 
 `build_registry()` returns every command that works without the orchestration engine. The engine's
-commands (/task, /ask, /workflows execute, /connect) are added by the composition root once the
-engine exists, with the same decorator/`registry.add`, through `register_engine_commands` in the
-engine's own package — the registry is open for that and nothing here pretends they exist.
+commands (/task, /ask, /workflows execute, /connect) are added through `build_registry(extensions=…)`
+by the code that owns the engine, with `registry.add` — nothing here pretends they exist.
 
     registry = build_registry()
     dispatcher = CommandDispatcher(registry=registry, services=Services(session_factory=...))
@@ -12,14 +11,22 @@ engine's own package — the registry is open for that and nothing here pretends
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from bot.commands.dispatcher import CommandDispatcher, DispatchResult, Services
 from bot.commands.errors import CommandError, NotFoundError, PermissionDeniedError, UsageError
 from bot.commands.permissions import PermissionPolicy
 from bot.commands.registry import CommandContext, CommandRegistry, CommandSpec, Param, Principal
 
 
-def build_registry() -> CommandRegistry:
-    """Every command that is backed by the database and the provider layer alone."""
+def build_registry(*, extensions: Iterable[Callable[[CommandRegistry], None]] = ()) -> CommandRegistry:
+    """Every command backed by the database and the provider layer, plus what `extensions` add.
+
+    An extension is a function that registers more commands, e.g. the engine's
+    `lambda registry: register_engine_commands(registry, engine)` adding /task, /ask,
+    /workflows and /connect; use the same extensions for the dispatcher and for
+    `orchestrator discord sync`, so Discord knows every command the daemon answers.
+    """
     from bot.commands import catalog, general, knowledge, models, operations
 
     registry = CommandRegistry()
@@ -28,6 +35,8 @@ def build_registry() -> CommandRegistry:
     knowledge.register(registry)
     operations.register(registry)
     models.register(registry)
+    for extend in extensions:
+        extend(registry)
     return registry
 
 

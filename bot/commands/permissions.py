@@ -9,6 +9,7 @@ leaves one `audit_log` row; arguments are redacted with the log redactor and cut
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -21,6 +22,7 @@ from bot.logs import redact_text
 from bot.platforms.events import Place, Sender
 
 MAX_AUDITED_ARGS = 500
+LAST_SEEN_RESOLUTION = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +50,9 @@ async def resolve_principal(session: AsyncSession, sender: Sender, *, policy: Pe
             language=policy.default_language,
             known=False,
         )
-    user.last_seen_at = utcnow()
+    now = utcnow()
+    if user.last_seen_at is None or now - user.last_seen_at > LAST_SEEN_RESOLUTION:
+        user.last_seen_at = now  # written at most every few minutes: a write per command would serialise SQLite
     return Principal(
         user_id=user.id,
         username=user.username,

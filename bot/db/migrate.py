@@ -237,8 +237,7 @@ def _check_state(state: _DbState, *, url: str, backup_dir: Path | None = None) -
         missing = sorted(_expected_tables() - state.tables)
         if missing:
             raise MigrationError(
-                f"the database says it is at revision {revision!r} but tables are missing: "
-                f"{', '.join(missing)}",
+                f"the database says it is at revision {revision!r} but tables are missing: {', '.join(missing)}",
                 hint="restore the newest backup taken by `orchestrator migrate`",
             )
 
@@ -339,16 +338,12 @@ async def _mariadb_backup(url: str, target: Path, tool: str) -> None:
     if process.returncode != 0:
         await asyncio.to_thread(target.unlink, missing_ok=True)
         raise MigrationError(
-            f"{Path(tool).name} failed (exit {process.returncode}): "
-            f"{stderr.decode(errors='replace').strip()[:500]}",
-            hint="fix the dump problem, or back the database up yourself and migrate without "
-            "a backup directory",
+            f"{Path(tool).name} failed (exit {process.returncode}): {stderr.decode(errors='replace').strip()[:500]}",
+            hint="fix the dump problem, or back the database up yourself and migrate without a backup directory",
         )
 
 
-async def backup_database(
-    url: str, backup_dir: Path, *, label: str = "pre-migrate"
-) -> BackupResult:
+async def backup_database(url: str, backup_dir: Path, *, label: str = "pre-migrate") -> BackupResult:
     """Copy the database to a timestamped file in `backup_dir`, before anything changes it."""
     await asyncio.to_thread(backup_dir.mkdir, parents=True, exist_ok=True)
     stamp = _timestamp()
@@ -406,8 +401,7 @@ async def _apply(engine: AsyncEngine, *, url: str, action: Callable[[Config], No
                 if violations:
                     await connection.rollback()
                     raise MigrationError(
-                        "the migration would break foreign keys, so it was rolled back: "
-                        + "; ".join(violations),
+                        "the migration would break foreign keys, so it was rolled back: " + "; ".join(violations),
                         hint="fix or delete the rows named, then migrate again",
                     )
             await connection.commit()
@@ -430,9 +424,7 @@ async def _apply(engine: AsyncEngine, *, url: str, action: Callable[[Config], No
         ) from err
 
 
-async def upgrade_to_head(
-    url: str, *, backup_dir: Path | None, settings: Settings | None = None
-) -> MigrationReport:
+async def upgrade_to_head(url: str, *, backup_dir: Path | None, settings: Settings | None = None) -> MigrationReport:
     """Bring the database to the newest schema and insert the initial data; safe to run again."""
     from alembic import command
 
@@ -445,9 +437,7 @@ async def upgrade_to_head(
         applied: tuple[str, ...] = ()
         backup = BackupResult(None, "already at the newest schema: nothing changed, no backup needed")
         if before.revision != head:
-            applied = tuple(
-                reversed([s.revision for s in _script().iterate_revisions(head, before.revision)])
-            )
+            applied = tuple(reversed([s.revision for s in _script().iterate_revisions(head, before.revision)]))
             if not before.tables - {VERSION_TABLE}:
                 backup = BackupResult(None, "new database: nothing to back up")
             elif backup_dir is None:

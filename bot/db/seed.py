@@ -232,9 +232,7 @@ def _resolve_refs(value: Any, definitions: dict[str, Any]) -> Any:
 
 def credential_templates() -> list[dict[str, Any]]:
     """The credential templates shipped with the orchestrator, with schemas made self-contained."""
-    raw = json.loads(
-        resources.files("bot.db").joinpath("credential_templates.json").read_text(encoding="utf-8")
-    )
+    raw = json.loads(resources.files("bot.db").joinpath("credential_templates.json").read_text(encoding="utf-8"))
     definitions: dict[str, Any] = raw.get("$defs", {})
     return [_resolve_refs(template, definitions) for template in raw["templates"]]
 

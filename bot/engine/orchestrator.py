@@ -50,6 +50,7 @@ from bot.engine.prompts import (
 )
 from bot.engine.providers.port import ChatMessage, ChatRequest, ChatResult, ProviderError
 from bot.engine.providers.router import Router
+from bot.engine.providers.usage import current_work
 from bot.engine.quality import Outcome, record_outcomes
 from bot.engine.queue import JobContext, JobQueue, JobSpec, PermanentJobError, QueueEvent
 from bot.engine.schemas import Judgement, MalformedOutputError, Plan, Verdict, json_schema, parse_output
@@ -544,6 +545,7 @@ class Engine:
         usage: dict[str, Any] = {}
         if partial:
             self._publish("subtask.resumed", task_id, {"subtask_id": subtask_id, "chars": len(partial)})
+        current_work.set((task_id, subtask_id))
         async for delta in self._router.stream_chat(request):
             if delta.text:
                 text += delta.text
@@ -620,6 +622,7 @@ class Engine:
                     request: ChatRequest) -> ChatResult:
         """One routed call, logged with prompt, answer, tokens and timing."""
         prompt = "\n\n".join(f"[{m.role}] {m.content}" for m in request.messages)
+        current_work.set((task_id, subtask_id))
         try:
             result = await self._router.chat(request)
         except ProviderError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -21,6 +22,7 @@ from bot.engine.providers.configured import load_providers
 from bot.engine.providers.port import LLMProvider
 from bot.engine.providers.registry import ModelRegistry
 from bot.engine.providers.router import Deployment, Router
+from bot.engine.providers.usage import CreditRecorder
 from bot.engine.queue import JobQueue, Worker
 from bot.events import EventBus
 from bot.logs import get_logger
@@ -40,8 +42,9 @@ class EngineRuntime:
     bus: EventBus | None = None
     worker_id: str | None = None
     embedder: Embedder | None = None
+    admission: Callable[[], bool] | None = None
     providers: dict[str, LLMProvider] = field(default_factory=dict)
-    router: Router = field(default_factory=Router)
+    router: Router | None = None
     registry: ModelRegistry | None = None
     queue: JobQueue | None = None
     engine: Engine | None = None
@@ -51,19 +54,21 @@ class EngineRuntime:
 
     async def start(self, *, run_worker: bool = True) -> None:
         """Connect providers, sync their models, and (optionally) start claiming work."""
+        self.router = Router(on_call=CreditRecorder(self.sessions))
         await self._connect_providers()
         self.registry = ModelRegistry(sessions=self.sessions, providers=self.providers,
                                       on_event=self.bus.publish if self.bus else None)
         await self.registry.sync()
         await self.refresh_router()
         self.queue = JobQueue(self.db_engine)
+        assert self.router is not None
         self.engine = Engine(session_factory=self.sessions, router=self.router, queue=self.queue,
                              settings=self.settings.engine, bus=self.bus, embedder=self.embedder)
         if run_worker:
             limits = await self._provider_limits()
             self.worker = Worker(queue=self.queue, handlers=self.engine.handlers, worker_id=self.worker_id,
                                  concurrency=self.settings.engine.max_concurrency, provider_limits=limits,
-                                 on_event=self.engine.on_queue_event)
+                                 on_event=self.engine.on_queue_event, admission=self.admission)
             self._worker_task = asyncio.create_task(self.worker.run(), name="engine-worker")
 
     async def _connect_providers(self) -> None:
@@ -108,10 +113,17 @@ class EngineRuntime:
                 .join(AiProvider, AiProvider.id == AiModel.provider_id)
                 .where(AiModel.vanished_at.is_(None), AiModel.is_enabled.is_(True), AiProvider.is_enabled.is_(True))
             )).all()
+        assert self.router is not None
         for model_key, provider_name in rows:
             provider = self.providers.get(provider_name)
             if provider is not None:
                 self.router.add(Deployment(provider=provider, model=model_key))
+
+    async def sync_models(self) -> None:
+        """Refresh every provider's catalogue and route to models that appeared."""
+        if self.registry is not None:
+            await self.registry.sync()
+            await self.refresh_router()
 
     async def _provider_limits(self) -> dict[str, int]:
         async with self.sessions() as session:

@@ -309,6 +309,11 @@ class HealthMonitor:
         name = entry.check.name
         severity = Severity.CRITICAL if entry.check.critical else Severity.WARNING
         log.warning("health check failed", check=name, detail=result.detail)
+        messages = {
+            "en": f"{name} failed its health check: {result.detail}",
+            "pt-BR": f"{name} falhou na verificação de saúde: {result.detail}",
+        }
+        alert_id: int | None = None
         store = self._store
         if store is not None:
             entry.incident_id = await self._safely(
@@ -321,21 +326,36 @@ class HealthMonitor:
                     details={"check": name, "critical": entry.check.critical},
                 ),
             )
-            await self._safely(
+            raised = await self._safely(
                 "alert",
                 lambda: store.raise_alert(
                     kind="health",
                     dedupe_key=f"health:{name}",
-                    message=f"{name} failed its health check: {result.detail}",
+                    message=messages["en"],
                     severity=severity,
-                    data={"check": name, "detail": result.detail},
+                    data={"check": name, "detail": result.detail, "messages": messages},
                 ),
             )
-        self._event("health_failed", name=name, detail=result.detail, severity=severity.value)
+            alert_id = raised[0] if raised else None
+        # The same shape as a rule's alert, so the chat alert relay posts it to the alert channel.
+        self._event(
+            "alert",
+            rule=f"health:{name}",
+            state="fired",
+            severity=severity.value,
+            reading=name,
+            value=None,
+            messages=messages,
+            outcome=result.detail,
+            incident_id=entry.incident_id,
+            alert_id=alert_id,
+            chart_metrics=[],
+        )
 
     async def _resolve(self, entry: _Registered, result: CheckResult) -> None:
         name = entry.check.name
         log.info("health check recovered", check=name, after_failures=entry.failures)
+        alert_id: int | None = None
         store = self._store
         if store is not None:
             if entry.incident_id is not None:
@@ -343,9 +363,22 @@ class HealthMonitor:
                 await self._safely(
                     "resolve", lambda: store.resolve_incident(incident_id, outcome=f"healthy again: {result.detail}")
                 )
-            await self._safely("alert", lambda: store.resolve_alert(f"health:{name}"))
+            alert_id = await self._safely("alert", lambda: store.resolve_alert(f"health:{name}"))
+        messages = {"en": f"{name} is healthy again", "pt-BR": f"{name} está saudável novamente"}
+        self._event(
+            "alert_cleared",
+            rule=f"health:{name}",
+            state="cleared",
+            severity="info",
+            reading=name,
+            value=None,
+            messages=messages,
+            outcome=result.detail,
+            incident_id=entry.incident_id,
+            alert_id=alert_id,
+            chart_metrics=[],
+        )
         entry.incident_id = None
-        self._event("health_recovered", name=name, detail=result.detail, severity="info")
 
     async def _note(self, entry: _Registered, action: str, outcome: str, *, ok: bool) -> None:
         store = self._store

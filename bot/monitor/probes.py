@@ -233,7 +233,11 @@ class ServerProcessPattern:
     def matches(self, name: str, cmdline: Sequence[str]) -> bool:
         """Whether a process with this name and command line belongs to the server."""
         lowered = name.lower()
-        if any(candidate == lowered or lowered.startswith(candidate) for candidate in self.names):
+        # Exact name, or the name followed by a separator ("LM Studio Helper", "ollama_llama_server"),
+        # never a bare prefix: "lms" must not match "lmsensors".
+        if any(
+            lowered == candidate or lowered.startswith(candidate + sep) for candidate in self.names for sep in " -_."
+        ):
             return True
         joined = " ".join(cmdline).lower()
         return any(fragment in joined for fragment in self.cmdline)
@@ -270,12 +274,19 @@ class LLMProcessProbe:
         self._patterns = tuple(patterns)
         self._discover_due = _Cadence(discover_every_s, clock)
         self._tracked: dict[str, list[Any]] = {pattern.server: [] for pattern in self._patterns}
+        self._discovery: asyncio.Future[dict[str, list[Any]]] | None = None
+        self._discovered = False
 
     async def read(self) -> Sequence[Reading]:
         """Per server: process count, summed CPU % (of one core) and summed RSS."""
-        if self._discover_due.due():
-            # Walking /proc costs milliseconds; do it in a thread, and only every few seconds.
-            self._tracked = await asyncio.to_thread(self._discover)
+        if self._discovery is None and self._discover_due.due():
+            # Walking /proc costs milliseconds: in a thread, every few seconds. Shielded, so a tick
+            # that times out does not lose the walk; the next tick collects it.
+            self._discovery = asyncio.ensure_future(asyncio.to_thread(self._discover))
+        if self._discovery is not None and (self._discovery.done() or not self._discovered):
+            self._tracked = await asyncio.shield(self._discovery)
+            self._discovery = None
+            self._discovered = True
         readings: list[Reading] = []
         for server, processes in self._tracked.items():
             alive: list[Any] = []
@@ -301,7 +312,8 @@ class LLMProcessProbe:
         return readings
 
     async def aclose(self) -> None:
-        """Forget the tracked processes."""
+        """Forget the tracked processes (a walk in progress finishes in its thread, unused)."""
+        self._discovery = None
         self._tracked = {pattern.server: [] for pattern in self._patterns}
 
     def _discover(self) -> dict[str, list[Any]]:

@@ -236,31 +236,13 @@ class RuleEngine:
         action = self._actions[rule.action]
         ok, outcome = await self._run_action(action, "apply", trigger)
         log.warning("monitor rule fired", rule=rule.name, reading=trigger.reading, value=trigger.value, outcome=outcome)
-        severity = Severity(rule.severity)
         incident_id = alert_id = None
         messages = alert_messages(trigger=trigger, fired=True, outcome=outcome)
         if self._store is not None:
-            incident_id = await self._store.open_incident(
-                kind=f"monitor.{rule.name}",
-                title=messages["en"][:255],
-                description=f"{trigger.reading} = {trigger.value:.2f} stayed above {rule.above:g} for {rule.for_s:g} s",
-                severity=severity,
-                details={"rule": rule.model_dump(), "reading": trigger.reading, "value": trigger.value},
-            )
-            await self._store.add_incident_action(incident_id, action=action.name, outcome=outcome, ok=ok, mitigated=ok)
-            alert_id, _ = await self._store.raise_alert(
-                kind=f"monitor.{rule.name}",
-                dedupe_key=f"monitor:{rule.name}",
-                message=messages["en"],
-                severity=severity,
-                data={
-                    "messages": messages,
-                    "reading": trigger.reading,
-                    "value": trigger.value,
-                    "incident_id": incident_id,
-                },
-            )
-            await self._store.link_alert(incident_id, alert_id)
+            try:
+                incident_id, alert_id = await self._record_fire(rule, trigger, action.name, outcome, ok, messages)
+            except Exception as err:  # recording boundary: a down database must not silence the alert
+                log.warning("cannot record rule incident", rule=rule.name, error=f"{type(err).__name__}: {err}")
         state.incident_id = incident_id
         notice = AlertNotice(
             rule=rule.name,
@@ -287,14 +269,10 @@ class RuleEngine:
         )
         alert_id = None
         if self._store is not None:
-            if state.incident_id is not None:
-                await self._store.add_incident_action(
-                    state.incident_id, action=f"undo {action.name}", outcome=outcome, ok=ok
-                )
-                await self._store.resolve_incident(
-                    state.incident_id, outcome=f"{name} = {value:.2f} below {rule.clear_below:g}"
-                )
-            alert_id = await self._store.resolve_alert(f"monitor:{rule.name}")
+            try:
+                alert_id = await self._record_clear(rule, state.incident_id, action.name, outcome, ok, name, value)
+            except Exception as err:  # recording boundary: a down database must not silence the alert
+                log.warning("cannot record rule resolution", rule=rule.name, error=f"{type(err).__name__}: {err}")
         notice = AlertNotice(
             rule=rule.name,
             state="cleared",
@@ -310,6 +288,58 @@ class RuleEngine:
         state.phase, state.since, state.trigger, state.incident_id = Phase.IDLE, None, None, None
         await self._announce(notice)
         return notice
+
+    async def _record_fire(
+        self,
+        rule: RuleSettings,
+        trigger: Trigger,
+        action_name: str,
+        outcome: str,
+        ok: bool,
+        messages: Mapping[str, str],
+    ) -> tuple[int, int]:
+        assert self._store is not None
+        severity = Severity(rule.severity)
+        incident_id = await self._store.open_incident(
+            kind=f"monitor.{rule.name}",
+            title=messages["en"][:255],
+            description=f"{trigger.reading} = {trigger.value:.2f} stayed above {rule.above:g} for {rule.for_s:g} s",
+            severity=severity,
+            details={"rule": rule.model_dump(), "reading": trigger.reading, "value": trigger.value},
+        )
+        await self._store.add_incident_action(incident_id, action=action_name, outcome=outcome, ok=ok, mitigated=ok)
+        alert_id, _ = await self._store.raise_alert(
+            kind=f"monitor.{rule.name}",
+            dedupe_key=f"monitor:{rule.name}",
+            message=messages["en"],
+            severity=severity,
+            data={
+                "messages": dict(messages),
+                "reading": trigger.reading,
+                "value": trigger.value,
+                "incident_id": incident_id,
+            },
+        )
+        await self._store.link_alert(incident_id, alert_id)
+        return incident_id, alert_id
+
+    async def _record_clear(
+        self,
+        rule: RuleSettings,
+        incident_id: int | None,
+        action_name: str,
+        outcome: str,
+        ok: bool,
+        reading: str,
+        value: float,
+    ) -> int | None:
+        assert self._store is not None
+        if incident_id is not None:
+            await self._store.add_incident_action(incident_id, action=f"undo {action_name}", outcome=outcome, ok=ok)
+            await self._store.resolve_incident(
+                incident_id, outcome=f"{reading} = {value:.2f} below {rule.clear_below:g}"
+            )
+        return await self._store.resolve_alert(f"monitor:{rule.name}")
 
     async def _announce(self, notice: AlertNotice) -> None:
         self.notices.append(notice)

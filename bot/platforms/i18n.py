@@ -99,7 +99,6 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
         "en": "\n… (continued in the attached file)",
         "pt-BR": "\n… (continua no arquivo anexo)",
     },
-    "stream.working": {"en": "Working on it…", "pt-BR": "Trabalhando nisso…"},
     # -- /help ---------------------------------------------------------------------------------
     "help.header": {
         "en": "Commands you can use (role: {role}):",
@@ -254,8 +253,6 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
     "alert.severity.info": {"en": "Info", "pt-BR": "Informativo"},
     "alert.severity.warning": {"en": "Warning", "pt-BR": "Atenção"},
     "alert.severity.critical": {"en": "Critical", "pt-BR": "Crítico"},
-    "alert.occurrences": {"en": "Occurrences", "pt-BR": "Ocorrências"},
-    "alert.since": {"en": "Since", "pt-BR": "Desde"},
     # -- /accounts -----------------------------------------------------------------------------
     "accounts.none": {"en": "No paid API accounts.", "pt-BR": "Nenhuma conta de API paga."},
     "accounts.title": {"en": "API accounts ({count}):", "pt-BR": "Contas de API ({count}):"},

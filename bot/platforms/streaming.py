@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from bot.logs import get_logger
-from bot.platforms.errors import DeliveryError, RateLimitedError
+from bot.platforms.errors import DeliveryError, PlatformError, RateLimitedError
 from bot.platforms.events import Conversation, MessageHandle, NativeStream
+from bot.platforms.i18n import translate
 
 log = get_logger("bot.platforms.streaming")
 T = TypeVar("T")
@@ -98,14 +99,15 @@ class StreamRenderer:
         conversation: Conversation,
         *,
         budget: EditBudget | None = None,
-        overflow_note: str = "\n… (continued in the attached file)",
+        language: str = "en",
+        overflow_note: str | None = None,
         filename: str = "answer.md",
         use_native: bool = True,
     ) -> None:
         self._conversation = conversation
         self._limits = conversation.limits
         self._budget = budget
-        self._overflow_note = overflow_note
+        self._overflow_note = overflow_note if overflow_note is not None else translate("stream.overflow", language)
         self._filename = filename
         self._use_native = use_native
         self._text = ""
@@ -143,13 +145,16 @@ class StreamRenderer:
         self._wake.set()
 
     async def finish(self, suffix: str = "") -> RenderResult:
-        """Add `suffix`, show the complete text, attach the file if it overflowed; idempotent."""
+        """Add `suffix`, show the complete text, attach the file if it overflowed; call once."""
         if suffix:
             self._text += suffix
         self._closing = True
         self._wake.set()
         if self._task is not None:
-            await self._task
+            try:
+                await self._task
+            except PlatformError as err:  # expected: an intermediate update failed; the final one carries all
+                log.warning("stream update failed; sending the final text", error=str(err))
         if not self._text:
             self._text = "…"
         await self._flush(final=True)

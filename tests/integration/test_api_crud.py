@@ -44,7 +44,7 @@ async def crud(
     _, fetched, _ = await api.call("GET", f"{path}/{created['id']}", scope=read, expect=200)
     assert fetched == created
     _, page, headers = await api.call("GET", f"{path}?limit=200&sort=-id", scope=read, expect=200)
-    assert created["id"] in [item["id"] for item in page["items"]]
+    assert next(item for item in page["items"] if item["id"] == created["id"]) == fetched
     assert page["total"] >= 1
     assert 'rel="first"' in headers["Link"]
     _, updated, _ = await api.call("PATCH", f"{path}/{created['id']}", scope=write, json=patch, expect=200)
@@ -285,6 +285,11 @@ async def test_malformed_and_hostile_input(api: Api) -> None:
     status, problem, _ = await api.call("PUT", "/providers/1")
     assert status == 405
     assert problem["type"].endswith("method-not-allowed")
+    status, problem, _ = await api.call("GET", "/execution-logs?since=2026-01-01T00:00:00")
+    assert status == 422  # a time without an offset is ambiguous
+    status, problem, _ = await api.call("POST", "/tasks", json={"title": "t", "deadline_at": "2026-01-01T10:00:00"})
+    assert status == 422
+    await api.call("GET", "/execution-logs?since=2026-01-01T00:00:00%2B02:00", expect=200)
     status, problem, _ = await api.call("GET", "/providers?cursor=not-a-cursor")
     assert status == 400
     assert problem["type"].endswith("invalid-cursor")
@@ -310,6 +315,13 @@ async def test_task_actions(api: Api) -> None:
     _, task, _ = await api.call("POST", "/tasks", json={"title": "cancel me"}, expect=201)
     queue = JobQueue(api.engine)
     job_id, _ = await queue.enqueue(JobSpec(kind="subtask.execute", idempotency_key=unique("job"), task_id=task["id"]))
+    from sqlalchemy import select
+
+    from bot.db.models.queue import Job
+    async with api.sessions() as session:  # creating a task queued the engine's planning job
+        plan = (await session.execute(select(Job).where(Job.idempotency_key == f"task:{task['id']}:plan"))).scalar_one()
+    assert plan.kind == "task.plan"
+    assert plan.status == "queued"
     subscription = api.bus.subscribe(task_id=task["id"])
     _, cancelled, _ = await api.call("POST", f"/tasks/{task['id']}/cancel", scope="write", expect=200)
     assert cancelled["status"] == "cancelled"
@@ -317,7 +329,7 @@ async def test_task_actions(api: Api) -> None:
     async with asyncio.timeout(5):
         event = await subscription.get()
     assert event.kind == "cancelled"
-    assert event.payload["jobs"] == 1
+    assert event.payload["jobs"] == 2
     await api.call("POST", f"/tasks/{task['id']}/cancel", scope="write", expect=409)
     await api.call("POST", f"/tasks/{task['id']}/retry", scope="write", expect=409)
     _, stats, _ = await api.call("GET", "/tasks/stats", scope="read", expect=200)

@@ -33,13 +33,25 @@ from bot.logs import configure_logging
 from bot.platforms.console import ConsolePlatform
 from bot.platforms.i18n import CATALOGUE, LANGUAGES, help_text, placeholders
 from bot.settings import Settings
-from tests.fakes.chat_db import ChatCore, chat_core
+from tests.fakes.chat_db import ChatCore, chat_core, fresh_sqlite_copy, migrated_sqlite_template
 from tests.fakes.lmstudio import DownloadScript, FakeLMStudio
 
 
 @pytest.fixture
 async def core(migrated_db: str) -> AsyncIterator[ChatCore]:
     async with chat_core(migrated_db) as built:
+        yield built
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return migrated_sqlite_template(str(tmp_path_factory.mktemp("chat-template")))
+
+
+@pytest.fixture
+async def sqlite_core(sqlite_template: str, tmp_path: Path) -> AsyncIterator[ChatCore]:
+    """For behaviour that does not touch SQL differences (the dispatcher's error boundary)."""
+    async with chat_core(fresh_sqlite_copy(sqlite_template, str(tmp_path))) as built:
         yield built
 
 
@@ -151,8 +163,9 @@ async def test_permissions_usage_and_audit(core: ChatCore, tmp_path: Path) -> No
     assert rows[3].detail["args"]["text"] == "be brief"
 
 
-async def test_open_policy_lets_strangers_read_only(migrated_db: str, tmp_path: Path) -> None:
-    async with chat_core(migrated_db, policy=PermissionPolicy(unknown_user_role=UserRole.VIEWER)) as core:
+async def test_open_policy_lets_strangers_read_only(sqlite_template: str, tmp_path: Path) -> None:
+    url = fresh_sqlite_copy(sqlite_template, str(tmp_path))
+    async with chat_core(url, policy=PermissionPolicy(unknown_user_role=UserRole.VIEWER)) as core:
         stranger = console_for(core, tmp_path, "mallory")
         assert (
             "Standing instructions" in (await stranger.submit("/instructions list"))[0]
@@ -161,7 +174,8 @@ async def test_open_policy_lets_strangers_read_only(migrated_db: str, tmp_path: 
         assert "needs the operator role" in (await stranger.submit("/instructions add x"))[0]
 
 
-async def test_unexpected_error_gets_a_reference_and_a_logged_traceback(core: ChatCore, tmp_path: Path) -> None:
+async def test_unexpected_error_gets_a_reference_and_a_logged_traceback(sqlite_core: ChatCore, tmp_path: Path) -> None:
+    core = sqlite_core
     async def crash(ctx: CommandContext) -> str:
         """Divide by zero (a bug on purpose)."""
         return str(1 // len(ctx.args))

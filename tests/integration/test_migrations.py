@@ -563,3 +563,24 @@ def test_autogenerate_check_finds_no_drift(capsys: pytest.CaptureFixture[str]) -
     assert main(["--check"]) == 0
     assert "the models match the newest revision" in capsys.readouterr().out
     assert main([]) == 2
+
+
+def test_credential_template_schemas_are_valid_and_accept_real_looking_input() -> None:
+    from jsonschema import Draft202012Validator, ValidationError
+
+    templates = {t["service"]: t for t in credential_templates()}
+    for template in templates.values():
+        Draft202012Validator.check_schema(template["fields_schema"])
+    github = Draft202012Validator(templates["github"]["fields_schema"])
+    github.validate({"personal_access_token": "github_pat_11ABCDEFG0123456789_abcdefXYZ"})
+    github.validate({"client_id": "Iv1.0123456789abcdef", "client_secret": "s3cr3t"})
+    with pytest.raises(ValidationError):
+        github.validate({"client_id": "Iv1.0123456789abcdef"})  # a client id alone cannot authorise
+    trello = Draft202012Validator(templates["trello"]["fields_schema"])
+    trello.validate({"api_key": "0123456789abcdef0123456789abcdef", "token": "ATTA" + "a1" * 32})
+    with pytest.raises(ValidationError):
+        trello.validate({"api_key": "0123456789abcdef0123456789abcdef"})
+    google = Draft202012Validator(templates["google_drive"]["fields_schema"])
+    google.validate({"client_id": "123456789-abc123.apps.googleusercontent.com", "client_secret": "x"})
+    with pytest.raises(ValidationError):
+        google.validate({"client_id": "123456789-abc123.apps.googleusercontent.com", "client_secret": "x", "extra": 1})

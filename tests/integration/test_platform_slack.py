@@ -315,3 +315,19 @@ async def test_alert_card_then_resolution_in_thread(fake_slack: FakeSlack) -> No
     finally:
         await relay.stop()
         await platform.stop()
+
+
+def test_manifest_registers_every_command_and_the_scopes_used() -> None:
+    import yaml
+
+    from bot.commands import build_registry
+
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[2] / "slack" / "manifest.yml").read_text())
+    declared = {entry["command"].lstrip("/") for entry in manifest["features"]["slash_commands"]}
+    assert set(build_registry().top_level_names()) <= declared
+    assert all(len(entry["description"]) <= 100 for entry in manifest["features"]["slash_commands"])
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"commands", "chat:write", "files:write", "app_mentions:read", "reactions:read"} <= scopes
+    assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == {"app_mention", "message.im",
+                                                                              "reaction_added"}
+    assert manifest["settings"]["socket_mode_enabled"] is True

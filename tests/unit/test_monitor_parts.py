@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.events import Event
 from bot.monitor.actions import clean_data_dir
 from bot.monitor.charts import PNG_MAGIC, render_png
-from bot.monitor.health import CheckResult, HealthMonitor
 from bot.monitor.config import RetentionSettings
+from bot.monitor.health import CheckResult, HealthMonitor
 from bot.monitor.probes import PowermetricsProbe, RocmSmiProbe, parse_powermetrics, parse_rocm_smi
 from bot.monitor.readings import Reading, Sample
 from bot.monitor.replay import ReplayError, ReplaySource, parse_stream, record_samples
@@ -311,7 +312,9 @@ class _Flag:
 async def test_health_verdict_goes_stale_and_restarts_are_budgeted() -> None:
     clock = [0.0]
     feeds: list[int] = []
+    events: list[Event] = []
     health = HealthMonitor(
+        publish=events.append,
         feed_watchdog=lambda: feeds.append(1),
         interval_s=10,
         timeout_s=1,
@@ -344,3 +347,47 @@ async def test_health_verdict_goes_stale_and_restarts_are_budgeted() -> None:
     await health.run_once()
     assert chat.restarts == 3
     assert len(feeds) == 1
+    assert (await health.run_once()).healthy  # the last restart worked
+    assert len(feeds) == 2
+    alerts = [event for event in events if event.kind in ("alert", "alert_cleared")]
+    assert alerts[0].kind == "alert"
+    assert alerts[0].payload["rule"] == "health:chat:slack"
+    assert alerts[0].payload["severity"] == "critical"
+    assert alerts[0].payload["messages"]["pt-BR"].startswith("chat:slack falhou")
+    assert alerts[1].kind == "alert_cleared"
+
+
+async def test_llm_server_processes_are_found_and_measured(tmp_path: Path) -> None:
+    import asyncio
+    import sys
+
+    from bot.monitor.probes import LLMProcessProbe
+
+    server = tmp_path / "llama-server"  # the process name llama.cpp's server runs under
+    server.symlink_to(sys.executable)
+    process = await asyncio.create_subprocess_exec(
+        str(server), "-c", "import time; x = bytearray(30_000_000); time.sleep(60)"
+    )
+    try:
+        probe = LLMProcessProbe(discover_every_s=0.0)
+
+        async def measured() -> dict[str, Reading]:
+            return {r.name: r for r in await probe.read()}
+
+        deadline = time.monotonic() + 10
+        readings = await measured()
+        while (readings["proc.llamacpp.rss_bytes"].value or 0) < 30_000_000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            readings = await measured()
+        assert readings["proc.llamacpp.count"].value == 1
+        rss = readings["proc.llamacpp.rss_bytes"].value
+        assert rss is not None
+        assert rss > 30_000_000
+        assert readings["proc.llamacpp.cpu_percent"].available
+        assert readings["proc.ollama.rss_bytes"].reason == "no ollama process is running"
+    finally:
+        process.kill()
+        await process.wait()
+    gone = {r.name: r for r in await probe.read()}
+    assert gone["proc.llamacpp.count"].value == 0
+    assert not gone["proc.llamacpp.rss_bytes"].available

@@ -281,3 +281,38 @@ def test_rule_settings_validate_hysteresis_and_names() -> None:
 def test_an_engine_refuses_a_rule_without_an_action() -> None:
     with pytest.raises(ValueError, match="no action registered"):
         RuleEngine(rules=DEFAULT_RULES, actions={"alert": AlertOnly()})
+
+
+async def test_alerts_still_go_out_when_the_database_is_down_and_the_provider_unreachable(tmp_path: Path) -> None:
+    from bot.db.engine import create_engine, session_factory
+    from bot.engine.providers.lmstudio import LMStudioProvider
+    from bot.monitor.store import MonitorStore
+
+    unreachable_db = create_engine("mysql+aiomysql://root@127.0.0.1:1/nothing")
+    down = LMStudioProvider(name="down", base_url="http://127.0.0.1:9")
+    state = MonitorState()
+    delivered: list[AlertNotice] = []
+
+    async def on_alert(notice: AlertNotice) -> None:
+        delivered.append(notice)
+
+    engine = RuleEngine(
+        rules=DEFAULT_RULES,
+        actions={
+            "pause_admission": PauseAdmission(state),
+            "unload_idle_models": UnloadIdleModels(state=state, providers=lambda: [down]),
+            "prefer_smaller_models": PreferSmallerModels(state),
+            "clean_disk": CleanDisk(data_dir=tmp_path, retention=MonitorSettings().retention),
+            "alert": AlertOnly(),
+        },
+        store=MonitorStore(session_factory(unreachable_db)),
+        on_alert=on_alert,
+    )
+    try:
+        await replay("ram_pressure", engine)
+    finally:
+        await unreachable_db.dispose()
+        await down.aclose()
+    assert [(n.rule, n.state) for n in delivered] == [("ram_high", "fired"), ("ram_high", "cleared")]
+    assert delivered[0].incident_id is None
+    assert delivered[0].outcome.startswith("no idle model was loaded; failed: down: cannot list models")

@@ -194,3 +194,11 @@ async def test_edit_budget_caps_a_window() -> None:
     for _ in range(4):
         await budget.acquire()
     assert time.monotonic() - started >= 0.29
+
+
+async def test_overflow_note_in_the_readers_language() -> None:
+    surface = Surface(StreamLimits(max_chars=60, min_edit_interval_s=0.01, max_messages=1))
+    renderer = StreamRenderer(surface, language="pt-BR")
+    renderer.feed("palavra " * 20)
+    result = await renderer.finish()
+    assert result.uploaded and surface.final("1").endswith("(continua no arquivo anexo)")

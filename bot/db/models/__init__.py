@@ -6,8 +6,6 @@ knowledge, quality, operations, storage, training, and the durable queue (queue.
 
 from __future__ import annotations
 
-import importlib.util
-
 from bot.db.base import Base
 from bot.db.models.chat import ChatConversation, ChatMessage
 from bot.db.models.credentials import Credential, CredentialTemplate, ExternalApiAccount, OAuthState
@@ -37,15 +35,12 @@ from bot.db.models.knowledge import KnowledgeEntry, KnowledgeSource
 from bot.db.models.operations import Alert, AuditLog, Incident, MetricSample
 from bot.db.models.providers import AiModel, AiProvider, CreditUsage, ModelDiscovery, SpecializedAi
 from bot.db.models.quality import AiQualityMetric, ModelRating
+from bot.db.models.queue import Job, JobCheckpoint, QueueWorker
 from bot.db.models.storage import StoredObject
 from bot.db.models.tasks import ExecutionLog, Subtask, Task, TaskMonitoring
 from bot.db.models.templates import AiTemplate, AiWorkflow, Instruction
 from bot.db.models.training import Dataset, ModelVersion, TrainingJob
 from bot.db.models.users import ApiToken, User, UserIdentity
-
-# The durable queue's tables live in their own module; registered here when present.
-if importlib.util.find_spec("bot.db.models.queue") is not None:
-    importlib.import_module("bot.db.models.queue")
 
 __all__ = [
     "AiModel",
@@ -76,6 +71,8 @@ __all__ = [
     "IncidentStatus",
     "Instruction",
     "InstructionScope",
+    "Job",
+    "JobCheckpoint",
     "KnowledgeEntry",
     "KnowledgeSource",
     "Language",
@@ -87,6 +84,7 @@ __all__ = [
     "ModelVersion",
     "OAuthState",
     "ProviderKind",
+    "QueueWorker",
     "Severity",
     "SpecializedAi",
     "StoredObject",

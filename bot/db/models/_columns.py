@@ -36,13 +36,9 @@ def primary_key() -> MappedColumn[Any]:
     return mapped_column(BigIntPK, primary_key=True, autoincrement=True)
 
 
-def foreign_key(
-    target: str, *, ondelete: str, nullable: bool = False, index: bool = False
-) -> MappedColumn[Any]:
+def foreign_key(target: str, *, ondelete: str, nullable: bool = False, index: bool = False) -> MappedColumn[Any]:
     """A foreign key column; `ondelete` is explicit because each relation deletes differently."""
-    return mapped_column(
-        BigIntFK, ForeignKey(target, ondelete=ondelete), nullable=nullable, index=index
-    )
+    return mapped_column(BigIntFK, ForeignKey(target, ondelete=ondelete), nullable=nullable, index=index)
 
 
 def enum_column(enum_type: type[enum.Enum], *, default: enum.Enum | None = None, **kwargs: Any) -> Any:

@@ -57,9 +57,7 @@ class ChatMessage(Base):
     user_id: Mapped[int | None] = foreign_key("users.id", ondelete="SET NULL", nullable=True, index=True)
     role: Mapped[MessageRole] = enum_column(MessageRole)
     content: Mapped[str] = mapped_column(LongText)
-    model_id: Mapped[int | None] = foreign_key(
-        "ai_models.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True, index=True)
     task_id: Mapped[int | None] = foreign_key("tasks.id", ondelete="SET NULL", nullable=True, index=True)
     # The platform's id for the message (Slack ts, Discord snowflake), to map reactions back.
     platform_message_id: Mapped[str | None] = mapped_column(Key)

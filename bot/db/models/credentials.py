@@ -79,7 +79,6 @@ class Credential(TimestampMixin, Base):
     template: Mapped[CredentialTemplate | None] = relationship(lazy="raise")
 
 
-
 class OAuthState(Base):
     """An OAuth2 authorisation in flight: one-time state (hashed) and the sealed PKCE verifier."""
 
@@ -91,9 +90,7 @@ class OAuthState(Base):
     user_id: Mapped[int] = foreign_key("users.id", ondelete="CASCADE", index=True)
     service: Mapped[str] = mapped_column(ShortKey)
     # Set when the flow re-authorises an existing credential instead of creating one.
-    credential_id: Mapped[int | None] = foreign_key(
-        "credentials.id", ondelete="CASCADE", nullable=True, index=True
-    )
+    credential_id: Mapped[int | None] = foreign_key("credentials.id", ondelete="CASCADE", nullable=True, index=True)
     code_verifier_blob: Mapped[bytes] = mapped_column(SecretBlob)
     redirect_uri: Mapped[str] = mapped_column(String(1000))
     issuer: Mapped[str | None] = mapped_column(String(500))
@@ -101,7 +98,6 @@ class OAuthState(Base):
     expires_at: Mapped[datetime] = mapped_column(index=True)
     consumed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
 
 
 class ExternalApiAccount(TimestampMixin, Base):
@@ -114,9 +110,7 @@ class ExternalApiAccount(TimestampMixin, Base):
     user_id: Mapped[int] = foreign_key("users.id", ondelete="CASCADE")
     service: Mapped[str] = mapped_column(ShortKey)
     account_name: Mapped[str] = mapped_column(Key)
-    credential_id: Mapped[int | None] = foreign_key(
-        "credentials.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    credential_id: Mapped[int | None] = foreign_key("credentials.id", ondelete="SET NULL", nullable=True, index=True)
     credits_remaining: Mapped[Decimal | None] = mapped_column(Money)
     credits_unit: Mapped[str | None] = mapped_column(String(32))
     last_synced_at: Mapped[datetime | None]

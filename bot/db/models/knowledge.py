@@ -23,9 +23,7 @@ class KnowledgeSource(TimestampMixin, Base):
     # Extended by integrations, hence a string: url, file, directory, github, notion, google_drive…
     kind: Mapped[str] = mapped_column(String(32), index=True)
     uri: Mapped[str] = mapped_column(String(1000))
-    credential_id: Mapped[int | None] = foreign_key(
-        "credentials.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    credential_id: Mapped[int | None] = foreign_key("credentials.id", ondelete="SET NULL", nullable=True, index=True)
     sync_status: Mapped[SyncStatus] = enum_column(SyncStatus, default=SyncStatus.NEVER)
     sync_error: Mapped[str | None] = mapped_column(Text)
     last_synced_at: Mapped[datetime | None]
@@ -49,9 +47,7 @@ class KnowledgeEntry(TimestampMixin, Base):
     id: Mapped[int] = primary_key()
     title: Mapped[str] = mapped_column(Key)
     content: Mapped[str] = mapped_column(LongText)
-    source_id: Mapped[int | None] = foreign_key(
-        "knowledge_sources.id", ondelete="CASCADE", nullable=True
-    )
+    source_id: Mapped[int | None] = foreign_key("knowledge_sources.id", ondelete="CASCADE", nullable=True)
     # The document's id or URL inside its source, to update it on the next sync.
     source_ref: Mapped[str | None] = mapped_column(Key)
     tags: Mapped[list[Any]] = mapped_column(default=list)

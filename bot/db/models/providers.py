@@ -25,9 +25,7 @@ class AiProvider(TimestampMixin, Base):
     kind: Mapped[ProviderKind] = enum_column(ProviderKind)
     base_url: Mapped[str] = mapped_column(String(500))
     # The API token, if the server wants one, lives sealed in a credential.
-    credential_id: Mapped[int | None] = foreign_key(
-        "credentials.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    credential_id: Mapped[int | None] = foreign_key("credentials.id", ondelete="SET NULL", nullable=True, index=True)
     is_enabled: Mapped[bool] = mapped_column(default=True, server_default=true())
     is_local: Mapped[bool] = mapped_column(default=True, server_default=true())
     # Higher is tried first when several providers offer a suitable model.
@@ -84,9 +82,7 @@ class ModelDiscovery(Base):
 
     id: Mapped[int] = primary_key()
     provider_id: Mapped[int] = foreign_key("ai_providers.id", ondelete="CASCADE")
-    model_id: Mapped[int | None] = foreign_key(
-        "ai_models.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True, index=True)
     model_key: Mapped[str] = mapped_column(Key)
     event: Mapped[DiscoveryEvent] = enum_column(DiscoveryEvent)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -106,13 +102,9 @@ class CreditUsage(Base):
     id: Mapped[int] = primary_key()
     provider_id: Mapped[int | None] = foreign_key("ai_providers.id", ondelete="SET NULL", nullable=True)
     model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True)
-    account_id: Mapped[int | None] = foreign_key(
-        "external_api_accounts.id", ondelete="SET NULL", nullable=True
-    )
+    account_id: Mapped[int | None] = foreign_key("external_api_accounts.id", ondelete="SET NULL", nullable=True)
     task_id: Mapped[int | None] = foreign_key("tasks.id", ondelete="SET NULL", nullable=True, index=True)
-    subtask_id: Mapped[int | None] = foreign_key(
-        "subtasks.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    subtask_id: Mapped[int | None] = foreign_key("subtasks.id", ondelete="SET NULL", nullable=True, index=True)
     prompt_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
     cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default="0")
@@ -131,9 +123,7 @@ class SpecializedAi(TimestampMixin, Base):
     description: Mapped[str] = mapped_column(Text, default="")
     system_prompt: Mapped[str] = mapped_column(Text)
     category: Mapped[str | None] = mapped_column(String(64), index=True)
-    preferred_model_id: Mapped[int | None] = foreign_key(
-        "ai_models.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    preferred_model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True, index=True)
     temperature: Mapped[float] = mapped_column(Float, default=0.2, server_default="0.2")
     max_tokens: Mapped[int | None]
     is_active: Mapped[bool] = mapped_column(default=True, server_default=true())

@@ -26,12 +26,8 @@ class ModelRating(Base):
     model_id: Mapped[int] = foreign_key("ai_models.id", ondelete="CASCADE")
     user_id: Mapped[int | None] = foreign_key("users.id", ondelete="SET NULL", nullable=True)
     task_id: Mapped[int | None] = foreign_key("tasks.id", ondelete="SET NULL", nullable=True, index=True)
-    subtask_id: Mapped[int | None] = foreign_key(
-        "subtasks.id", ondelete="SET NULL", nullable=True, index=True
-    )
-    message_id: Mapped[int | None] = foreign_key(
-        "chat_messages.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    subtask_id: Mapped[int | None] = foreign_key("subtasks.id", ondelete="SET NULL", nullable=True, index=True)
+    message_id: Mapped[int | None] = foreign_key("chat_messages.id", ondelete="SET NULL", nullable=True, index=True)
     category: Mapped[str | None] = mapped_column(ShortKey)
     rating: Mapped[int] = mapped_column(SmallInteger)
     comment: Mapped[str | None] = mapped_column(Text)

@@ -24,7 +24,5 @@ class StoredObject(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     content_type: Mapped[str | None] = mapped_column(String(255))
-    owner_user_id: Mapped[int | None] = foreign_key(
-        "users.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    owner_user_id: Mapped[int | None] = foreign_key("users.id", ondelete="SET NULL", nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

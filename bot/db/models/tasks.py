@@ -38,12 +38,8 @@ class Task(TimestampMixin, Base):
     # Higher runs first (urgency); 0 is normal.
     priority: Mapped[int] = mapped_column(default=0, server_default="0")
     category: Mapped[str | None] = mapped_column(ShortKey)
-    template_id: Mapped[int | None] = foreign_key(
-        "ai_templates.id", ondelete="SET NULL", nullable=True, index=True
-    )
-    workflow_id: Mapped[int | None] = foreign_key(
-        "ai_workflows.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    template_id: Mapped[int | None] = foreign_key("ai_templates.id", ondelete="SET NULL", nullable=True, index=True)
+    workflow_id: Mapped[int | None] = foreign_key("ai_workflows.id", ondelete="SET NULL", nullable=True, index=True)
     conversation_id: Mapped[int | None] = foreign_key(
         "chat_conversations.id", ondelete="SET NULL", nullable=True, index=True
     )
@@ -93,12 +89,8 @@ class Subtask(TimestampMixin, Base):
     specialized_ai_id: Mapped[int | None] = foreign_key(
         "specialized_ais.id", ondelete="SET NULL", nullable=True, index=True
     )
-    executor_model_id: Mapped[int | None] = foreign_key(
-        "ai_models.id", ondelete="SET NULL", nullable=True, index=True
-    )
-    validator_model_id: Mapped[int | None] = foreign_key(
-        "ai_models.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    executor_model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True, index=True)
+    validator_model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True, index=True)
     tiebreaker_model_id: Mapped[int | None] = foreign_key(
         "ai_models.id", ondelete="SET NULL", nullable=True, index=True
     )
@@ -130,9 +122,7 @@ class TaskMonitoring(Base):
 
     id: Mapped[int] = primary_key()
     task_id: Mapped[int] = foreign_key("tasks.id", ondelete="CASCADE")
-    subtask_id: Mapped[int | None] = foreign_key(
-        "subtasks.id", ondelete="CASCADE", nullable=True, index=True
-    )
+    subtask_id: Mapped[int | None] = foreign_key("subtasks.id", ondelete="CASCADE", nullable=True, index=True)
     metric: Mapped[str] = mapped_column(ShortKey)
     value: Mapped[float] = mapped_column(Float)
     unit: Mapped[str | None] = mapped_column(String(16))
@@ -155,9 +145,7 @@ class ExecutionLog(Base):
     task_id: Mapped[int | None] = foreign_key("tasks.id", ondelete="CASCADE", nullable=True)
     subtask_id: Mapped[int | None] = foreign_key("subtasks.id", ondelete="CASCADE", nullable=True)
     model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True)
-    provider_id: Mapped[int | None] = foreign_key(
-        "ai_providers.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    provider_id: Mapped[int | None] = foreign_key("ai_providers.id", ondelete="SET NULL", nullable=True, index=True)
     level: Mapped[LogLevel] = enum_column(LogLevel, default=LogLevel.INFO)
     event: Mapped[str] = mapped_column(ShortKey)
     prompt: Mapped[str | None] = mapped_column(LongText)

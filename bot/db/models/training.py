@@ -30,9 +30,7 @@ class Dataset(TimestampMixin, Base):
     record_schema: Mapped[dict[str, Any]] = mapped_column(default=dict)
     validated_at: Mapped[datetime | None]
     validation_errors: Mapped[list[Any]] = mapped_column(default=list)
-    owner_user_id: Mapped[int | None] = foreign_key(
-        "users.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    owner_user_id: Mapped[int | None] = foreign_key("users.id", ondelete="SET NULL", nullable=True, index=True)
 
     stored_file: Mapped[StoredObject | None] = relationship(lazy="raise")
 
@@ -44,9 +42,7 @@ class TrainingJob(TimestampMixin, Base):
     __table_args__ = (Index(None, "status", "created_at"),)
 
     id: Mapped[int] = primary_key()
-    dataset_id: Mapped[int | None] = foreign_key(
-        "datasets.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    dataset_id: Mapped[int | None] = foreign_key("datasets.id", ondelete="SET NULL", nullable=True, index=True)
     base_model: Mapped[str] = mapped_column(Key)
     method: Mapped[TrainingMethod] = enum_column(TrainingMethod, default=TrainingMethod.LORA)
     # Hyper-parameters: rank, alpha, dropout, target modules, learning rate, epochs, batch size…
@@ -60,9 +56,7 @@ class TrainingJob(TimestampMixin, Base):
     checkpoint_path: Mapped[str | None] = mapped_column(String(1000))
     output_path: Mapped[str | None] = mapped_column(String(1000))
     error: Mapped[str | None] = mapped_column(Text)
-    requested_by_user_id: Mapped[int | None] = foreign_key(
-        "users.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    requested_by_user_id: Mapped[int | None] = foreign_key("users.id", ondelete="SET NULL", nullable=True, index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
@@ -88,9 +82,7 @@ class ModelVersion(TimestampMixin, Base):
     is_deployed: Mapped[bool] = mapped_column(default=False, server_default=false())
     deployed_at: Mapped[datetime | None]
     # The model this version became when deployed to a provider.
-    deployed_model_id: Mapped[int | None] = foreign_key(
-        "ai_models.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    deployed_model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True, index=True)
     parent_version_id: Mapped[int | None] = foreign_key(
         "model_versions.id", ondelete="SET NULL", nullable=True, index=True
     )

@@ -40,9 +40,7 @@ class User(TimestampMixin, Base):
     api_tokens: Mapped[list[ApiToken]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True, lazy="raise"
     )
-    credentials: Mapped[list[Credential]] = relationship(
-        back_populates="user", passive_deletes=True, lazy="raise"
-    )
+    credentials: Mapped[list[Credential]] = relationship(back_populates="user", passive_deletes=True, lazy="raise")
 
     def __repr__(self) -> str:
         return f"<User id={self.id} username={self.username!r} role={self.role}>"

@@ -13,6 +13,7 @@ A model without a price costs 0 (local servers are free to call); tokens are rec
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -25,6 +26,9 @@ from bot.db.models import AiModel, AiProvider, CreditUsage
 from bot.engine.providers.router import CallRecord
 
 MILLION = Decimal(1_000_000)
+# (task id, subtask id) of the work a call is made for; the engine sets it around its calls so one
+# recorder shared by the whole router still attributes each call's cost to its task.
+current_work: ContextVar[tuple[int | None, int | None]] = ContextVar("current_work", default=(None, None))
 
 
 def call_cost(settings: Mapping[str, Any], model: str, *, prompt_tokens: int, completion_tokens: int) -> Decimal:
@@ -76,8 +80,8 @@ class CreditRecorder:
                 CreditUsage(
                     provider_id=provider.id if provider is not None else None,
                     model_id=model_id,
-                    task_id=self.task_id,
-                    subtask_id=self.subtask_id,
+                    task_id=self.task_id if self.task_id is not None else current_work.get()[0],
+                    subtask_id=self.subtask_id if self.subtask_id is not None else current_work.get()[1],
                     prompt_tokens=prompt,
                     completion_tokens=completion,
                     cost=call_cost(settings, record.model, prompt_tokens=prompt, completion_tokens=completion),
