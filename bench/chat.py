@@ -69,8 +69,13 @@ def _first_after(times: list[float], start: float) -> float:
     return min(t for t in times if t >= start)
 
 
-async def first_update(lmstudio: FakeLMStudio, slack_platform: SlackPlatform, slack: FakeSlack,
-                       discord_platform: DiscordPlatform, discord: FakeDiscord) -> dict[str, float]:
+async def first_update(
+    lmstudio: FakeLMStudio,
+    slack_platform: SlackPlatform,
+    slack: FakeSlack,
+    discord_platform: DiscordPlatform,
+    discord: FakeDiscord,
+) -> dict[str, float]:
     """Median ms from first model token to the first request that makes it visible, per platform."""
     provider = LMStudioProvider(name="bench", base_url=lmstudio.url)
     lmstudio.script("quick", tokens=[f"t{i} " for i in range(20)], token_delay_s=0.01)
@@ -78,15 +83,17 @@ async def first_update(lmstudio: FakeLMStudio, slack_platform: SlackPlatform, sl
     try:
         for run in range(5):
             thread = f"1700000000.{run:06d}"
-            conversation = SlackConversation(slack_platform, Place("slack", f"CB{run}", thread),
-                                             Sender("slack", "UBENCH", team_id="T0001"))
+            conversation = SlackConversation(
+                slack_platform, Place("slack", f"CB{run}", thread), Sender("slack", "UBENCH", team_id="T0001")
+            )
             began = await _stream(provider, "quick", conversation)
             visible = [c.at for c in slack.calls() if c.method in ("chat.startStream", "chat.postMessage")]
             slack_ms.append((_first_after(visible, began) - began) * 1000)
             assert discord_platform.rest is not None
             channel = f"71000000000000000{run}"
-            began = await _stream(provider, "quick", DiscordChannelConversation(discord_platform.rest,
-                                                                                Place("discord", channel)))
+            began = await _stream(
+                provider, "quick", DiscordChannelConversation(discord_platform.rest, Place("discord", channel))
+            )
             posted = [c.at for c in discord.calls("POST", f"/channels/{channel}/messages")]
             discord_ms.append((_first_after(posted, began) - began) * 1000)
     finally:
@@ -94,18 +101,27 @@ async def first_update(lmstudio: FakeLMStudio, slack_platform: SlackPlatform, sl
     return {"slack": round(statistics.median(slack_ms), 1), "discord": round(statistics.median(discord_ms), 1)}
 
 
-async def edit_rates(lmstudio: FakeLMStudio, seconds: float, slack_platform: SlackPlatform, slack: FakeSlack,
-                     slack_edits_platform: SlackPlatform, slack_edits: FakeSlack,
-                     discord_platform: DiscordPlatform, discord: FakeDiscord) -> dict[str, float]:
+async def edit_rates(
+    lmstudio: FakeLMStudio,
+    seconds: float,
+    slack_platform: SlackPlatform,
+    slack: FakeSlack,
+    slack_edits_platform: SlackPlatform,
+    slack_edits: FakeSlack,
+    discord_platform: DiscordPlatform,
+    discord: FakeDiscord,
+) -> dict[str, float]:
     """Updates per minute of one message while a model streams for `seconds` (three streams at once)."""
     tokens = max(20, int(seconds * 20))
     lmstudio.script("long", tokens=[f"w{i} " for i in range(tokens)], token_delay_s=seconds / tokens)
     provider = LMStudioProvider(name="bench-long", base_url=lmstudio.url)
     assert discord_platform.rest is not None
-    native = SlackConversation(slack_platform, Place("slack", "CLONG", "1700000001.000001"),
-                               Sender("slack", "UBENCH", team_id="T0001"))
-    edited = SlackConversation(slack_edits_platform, Place("slack", "CLONG", "1700000001.000002"),
-                               Sender("slack", "UBENCH", team_id="T0001"))
+    native = SlackConversation(
+        slack_platform, Place("slack", "CLONG", "1700000001.000001"), Sender("slack", "UBENCH", team_id="T0001")
+    )
+    edited = SlackConversation(
+        slack_edits_platform, Place("slack", "CLONG", "1700000001.000002"), Sender("slack", "UBENCH", team_id="T0001")
+    )
     channel = "720000000000000001"
     started = time.monotonic()
     try:
@@ -147,8 +163,11 @@ async def edit_rates(lmstudio: FakeLMStudio, seconds: float, slack_platform: Sla
 def _signed(body: bytes) -> dict[str, str]:
     ts = str(int(time.time()))
     signature = "v0=" + hmac.new(SECRET.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
-    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature,
-            "Content-Type": "application/x-www-form-urlencoded"}
+    return {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": signature,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
 
 
 async def throughput(slack_platform: SlackPlatform, slack: FakeSlack, count: int = 100) -> float:
@@ -159,8 +178,16 @@ async def throughput(slack_platform: SlackPlatform, slack: FakeSlack, count: int
     bodies = []
     for index in range(count):
         name, _, text = lines[index % len(lines)].partition(" ")
-        form = {"team_id": "T0001", "channel_id": "CTHRU", "user_id": "UBENCH", "user_name": "bench",
-                "command": name, "text": text, "trigger_id": f"t{index}", "response_url": "https://hooks.invalid/x"}
+        form = {
+            "team_id": "T0001",
+            "channel_id": "CTHRU",
+            "user_id": "UBENCH",
+            "user_name": "bench",
+            "command": name,
+            "text": text,
+            "trigger_id": f"t{index}",
+            "response_url": "https://hooks.invalid/x",
+        }
         bodies.append(urlencode(form).encode())
     statuses = await asyncio.gather(*(slack_platform.handle_http(body, _signed(body)) for body in bodies))
     if any(status != 200 for status, _, _ in statuses):
@@ -194,33 +221,50 @@ async def _dispatcher(directory: Path) -> tuple[CommandDispatcher, Any]:
         await link_identity(session, user_id=user.id, sender=Sender("slack", "UBENCH"))
         await session.commit()
     registry = build_registry()
-    return CommandDispatcher(registry=registry, services=Services(session_factory=sessions),
-                             policy=PermissionPolicy()), engine
+    return CommandDispatcher(
+        registry=registry, services=Services(session_factory=sessions), policy=PermissionPolicy()
+    ), engine
 
 
 async def run(stream_seconds: float) -> dict[str, Any]:
     """Every measurement, against fresh fakes and a fresh SQLite database."""
     with tempfile.TemporaryDirectory() as directory:
         dispatcher, engine = await _dispatcher(Path(directory))
-        async with FakeLMStudio() as lmstudio, FakeSlack() as slack, FakeSlack(streaming_supported=False) as \
-                slack_edits, FakeDiscord() as discord:
+        async with (
+            FakeLMStudio() as lmstudio,
+            FakeSlack() as slack,
+            FakeSlack(streaming_supported=False) as slack_edits,
+            FakeDiscord() as discord,
+        ):
+
             def slack_settings(fake: FakeSlack) -> SlackSettings:
-                return SlackSettings(bot_token=SecretStr(fake.bot_token), signing_secret=SecretStr(SECRET),
-                                     api_base_url=fake.api_url)
+                return SlackSettings(
+                    bot_token=SecretStr(fake.bot_token), signing_secret=SecretStr(SECRET), api_base_url=fake.api_url
+                )
 
             slack_platform = SlackPlatform(settings=slack_settings(slack), sink=dispatcher.handle_event)
             slack_edits_platform = SlackPlatform(settings=slack_settings(slack_edits), sink=dispatcher.handle_event)
             discord_platform = DiscordPlatform(
-                settings=DiscordSettings(bot_token=SecretStr(discord.bot_token), api_base_url=discord.api_url,
-                                         application_id=APPLICATION_ID),
-                sink=dispatcher.handle_event, gateway=False,
+                settings=DiscordSettings(
+                    bot_token=SecretStr(discord.bot_token), api_base_url=discord.api_url, application_id=APPLICATION_ID
+                ),
+                sink=dispatcher.handle_event,
+                gateway=False,
             )
             for platform in (slack_platform, slack_edits_platform, discord_platform):
                 await platform.start()
             try:
                 first = await first_update(lmstudio, slack_platform, slack, discord_platform, discord)
-                rates = await edit_rates(lmstudio, stream_seconds, slack_platform, slack, slack_edits_platform,
-                                         slack_edits, discord_platform, discord)
+                rates = await edit_rates(
+                    lmstudio,
+                    stream_seconds,
+                    slack_platform,
+                    slack,
+                    slack_edits_platform,
+                    slack_edits,
+                    discord_platform,
+                    discord,
+                )
                 commands = await throughput(slack_platform, slack)
             finally:
                 for platform in (slack_platform, slack_edits_platform, discord_platform):

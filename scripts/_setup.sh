@@ -27,7 +27,7 @@ ensure_python_deps() {
     [ -z "$extras" ] || target="$ROOT[$extras]"
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
         say "installing Python dependencies ($target)"
-        "$PY" -m pip install --quiet -e "$target"
+        "$PY" -m pip install --quiet --config-settings editable_mode=compat -e "$target"
         touch "$stamp"
     fi
     ensure_embedded_model

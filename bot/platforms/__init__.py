@@ -25,9 +25,7 @@ if TYPE_CHECKING:
     from bot.settings import Settings
 
 
-def platforms_from_settings(
-    settings: Settings, *, sink: EventSink, registry: CommandRegistry
-) -> list[Platform]:
+def platforms_from_settings(settings: Settings, *, sink: EventSink, registry: CommandRegistry) -> list[Platform]:
     """Slack when a bot token is set, Discord when a bot token is set; none is an empty list."""
     platforms: list[Platform] = []
     if settings.slack.bot_token is not None:

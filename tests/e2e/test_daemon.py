@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env.update(ORCH_DATA_DIR=str(tmp_path / "data"), ORCH_ADMIN_API__PORT="0", ORCH_LOG__FORMAT="json",
-               XDG_DATA_HOME=str(tmp_path / "xdg"), **extra)
+               XDG_DATA_HOME=str(tmp_path / "xdg"))
+    env.update(extra)
     return env
 
 
@@ -81,14 +82,16 @@ async def test_run_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert oct((tmp_path / "data" / "keyring.json").stat().st_mode & 0o777) == "0o600"
 
 
-def test_run_refuses_a_port_in_use_with_one_clear_message(tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        env = cli_env(tmp_path, ORCH_ADMIN_API__PORT=str(port), ORCH_LMSTUDIO__BASE_URL="http://127.0.0.1:9")
-        result = subprocess.run([sys.executable, "-m", "bot", "run"], cwd=tmp_path, env=env, text=True,
-                                capture_output=True, timeout=120)
+async def test_run_refuses_a_port_in_use_with_one_clear_message(tmp_path: Path) -> None:
+    async with FakeLMStudio() as fake:
+        fake.script("qwen2.5-7b-instruct", answer="hi")
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            env = cli_env(tmp_path, ORCH_ADMIN_API__PORT=str(port), ORCH_LMSTUDIO__BASE_URL=fake.url)
+            result = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bot", "run"], cwd=tmp_path,
+                                             env=env, text=True, capture_output=True, timeout=120)
     assert result.returncode == 2
     assert f"127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr

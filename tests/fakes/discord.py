@@ -420,10 +420,10 @@ class FakeDiscord(LoopbackServer):
                     return _json({"message": "Unknown Message", "code": 10008}, status=404)
                 return self._edit(original, body)
             if method == "PATCH" and len(parts) == 5:
-                message = self.messages.get(parts[4])
-                if message is None:
+                followup = self.messages.get(parts[4])
+                if followup is None:
                     return _json({"message": "Unknown Message", "code": 10008}, status=404)
-                return self._edit(message, body)
+                return self._edit(followup, body)
             if method == "POST" and len(parts) == 3:
                 message = self._new_message(self.interaction_channel_id, body, files, "followup")
                 return _json(self._message_payload(message))
@@ -433,10 +433,10 @@ class FakeDiscord(LoopbackServer):
                 message = self._new_message(channel_id, body, files, "channel")
                 return _json(self._message_payload(message))
             if method == "PATCH" and len(parts) == 4 and parts[2] == "messages":
-                message = self.messages.get(parts[3])
-                if message is None or message.channel_id != channel_id:
+                existing = self.messages.get(parts[3])
+                if existing is None or existing.channel_id != channel_id:
                     return _json({"message": "Unknown Message", "code": 10008}, status=404)
-                return self._edit(message, body)
+                return self._edit(existing, body)
             if method == "POST" and len(parts) == 5 and parts[4] == "threads":
                 thread_id = self._snowflake()
                 thread = {

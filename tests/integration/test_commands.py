@@ -176,6 +176,7 @@ async def test_open_policy_lets_strangers_read_only(sqlite_template: str, tmp_pa
 
 async def test_unexpected_error_gets_a_reference_and_a_logged_traceback(sqlite_core: ChatCore, tmp_path: Path) -> None:
     core = sqlite_core
+
     async def crash(ctx: CommandContext) -> str:
         """Divide by zero (a bug on purpose)."""
         return str(1 // len(ctx.args))
