@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from bot.db.base import UTCDateTime
 from bot.db.models import Base
+from migrations.filters import include_name
 
 target_metadata = Base.metadata
 
@@ -42,6 +43,7 @@ def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_name=include_name,
         render_as_batch=True,
         compare_type=True,
         render_item=_render_item,

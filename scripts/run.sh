@@ -4,5 +4,5 @@
 # else the embedded llama.cpp model). Extra arguments go to `orchestrator run`.
 source "$(dirname "$0")/_setup.sh"
 ensure_venv
-ensure_python_deps ""
+ensure_python_deps ml
 exec "$VENV/bin/orchestrator" run "$@"

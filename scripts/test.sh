@@ -3,7 +3,7 @@
 # Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -x).
 source "$(dirname "$0")/_setup.sh"
 ensure_venv
-ensure_python_deps dev
+ensure_python_deps dev,ml
 ensure_chromium
 ensure_mariadb_running
 cd "$ROOT"

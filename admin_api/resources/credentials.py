@@ -152,8 +152,18 @@ def seal_secret(vault: Any, row: Credential, fields: dict[str, Any]) -> None:
 
 def open_secret(vault: Any, row: Credential) -> dict[str, Any]:
     """The row's fields, decrypted (for the OAuth flow; never for a response)."""
-    opened = vault.open_text(row.secret_blob, table="credentials", column="secret_blob", row_id=row.id)
-    value: dict[str, Any] = json.loads(opened.get_secret_value())
+    from bot.vault import VaultError
+
+    try:
+        opened = vault.open_text(row.secret_blob, table="credentials", column="secret_blob", row_id=row.id)
+    except VaultError as err:  # expected: a damaged blob or a missing key; the message names no value
+        raise Conflict(f"credential {row.id} cannot be decrypted: {err.message}") from None
+    try:
+        value = json.loads(opened.get_secret_value())
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):  # e.g. a provider token stored as a bare string
+        raise Conflict(f"credential {row.id} does not hold form fields; store its secret through this API again")
     return value
 
 

@@ -105,6 +105,11 @@ class Engine:
     # -- public API ---------------------------------------------------------------------------
 
     @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        """The session factory the engine writes with (for readers of its rows)."""
+        return self._sessions
+
+    @property
     def handlers(self) -> dict[str, Callable[[JobContext], Awaitable[dict[str, Any] | None]]]:
         """Job kind → handler, for the queue's Worker."""
         return {KIND_PLAN: self._plan_job, KIND_SUBTASK: self._subtask_job, KIND_FINISH: self._finish_job}
@@ -121,8 +126,13 @@ class Engine:
         template: str | None = None,
         variables: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        single_step: bool = False,
     ) -> SubmittedTask:
-        """Create a task and queue its planning; the same idempotency key never creates two."""
+        """Create a task and queue its planning; the same idempotency key never creates two.
+
+        `single_step` skips the planner: the request is one subtask (a question, `/ask`), still
+        executed by one model and validated by another.
+        """
         title = title.strip()
         if not title:
             raise EngineError("a task needs a title or a request")
@@ -145,6 +155,19 @@ class Engine:
             session.add(task)
             await session.flush()
             task_id = task.id
+            if single_step:
+                task.status = TaskStatus.RUNNING
+                task.started_at = utcnow()
+                subtask = Subtask(task_id=task_id, seq=1, title=title, description=description or title,
+                                  category=category or "general", depends_on=[], priority=priority,
+                                  status=SubtaskStatus.PENDING, max_attempts=self._settings.max_attempts,
+                                  idempotency_key=f"task:{task_id}:subtask:1")
+                session.add(subtask)
+                await session.flush()
+                await self._enqueue_ready(session, task_id, [subtask])
+        if single_step:
+            self._publish("task.created", task_id, {"title": title})
+            return SubmittedTask(task_id, True)
         await self._queue.enqueue(JobSpec(kind=KIND_PLAN, idempotency_key=f"task:{task_id}:plan",
                                           payload={"task_id": task_id}, priority=priority, task_id=task_id,
                                           max_attempts=self._settings.max_attempts,

@@ -264,6 +264,32 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
     "accounts.col.synced": {"en": "synced", "pt-BR": "sincronizado"},
     "accounts.col.state": {"en": "state", "pt-BR": "estado"},
     # -- console -------------------------------------------------------------------------------
+    # -- tasks -----------------------------------------------------------------------------------
+    "task.created": {"en": "Task #{id} queued: {title}", "pt-BR": "Tarefa #{id} na fila: {title}"},
+    "task.plan": {"en": "Plan by {planner}:\n{steps}", "pt-BR": "Plano de {planner}:\n{steps}"},
+    "task.verdict": {
+        "en": "Checked by {validator}: score {score}, {decision}, divergence {divergence}%",
+        "pt-BR": "Verificado por {validator}: nota {score}, {decision}, divergência {divergence}%",
+    },
+    "task.tiebroken": {
+        "en": "The models disagreed; a third model decided: {outcome}",
+        "pt-BR": "Os modelos discordaram; um terceiro modelo decidiu: {outcome}",
+    },
+    "task.tie_waiting": {
+        "en": "The models disagreed and the tie-break was inconclusive: a person must choose (see /tasks show).",
+        "pt-BR": "Os modelos discordaram e o desempate foi inconclusivo: "
+        "uma pessoa precisa escolher (veja /tasks show).",
+    },
+    "task.unvalidated": {
+        "en": "Not validated: no second model was available to check this answer.",
+        "pt-BR": "Não validado: não havia um segundo modelo para verificar esta resposta.",
+    },
+    "task.final": {"en": "Final answer:", "pt-BR": "Resposta final:"},
+    "task.ended": {"en": "Task #{id} ended: {reason}", "pt-BR": "Tarefa #{id} terminou: {reason}"},
+    "tasks.none": {"en": "No tasks yet.", "pt-BR": "Nenhuma tarefa ainda."},
+    "tasks.not_found": {"en": "There is no task #{id}.", "pt-BR": "Não existe a tarefa #{id}."},
+    "tasks.cancelled": {"en": "Task #{id} cancelled.", "pt-BR": "Tarefa #{id} cancelada."},
+    "tasks.already_ended": {"en": "Task #{id} had already ended.", "pt-BR": "A tarefa #{id} já tinha terminado."},
     "console.welcome": {
         "en": "Orchestrator console — signed in as {username} ({role}). /help lists commands, /quit leaves.",
         "pt-BR": "Console do orquestrador — conectado como {username} ({role}). /help lista os comandos, /quit sai.",

@@ -121,6 +121,8 @@ class JobView:
     status: str
     priority: int
     provider: str | None
+    task_id: int | None
+    subtask_id: int | None
     attempts: int
     max_attempts: int
     fence: int
@@ -317,7 +319,7 @@ class JobQueue:
                 ids.update({str(key): int(job_id) for key, job_id in found})
         return ids
 
-    async def enqueue_in(self, connection: AsyncConnection, specs: Sequence[JobSpec]) -> None:
+    async def enqueue_in(self, connection: AsyncConnection | AsyncSession, specs: Sequence[JobSpec]) -> None:
         """Add jobs inside the caller's transaction (e.g. a commit hook), ignoring known keys.
 
         This is how a finished job creates the jobs that follow it atomically with its own
@@ -884,6 +886,8 @@ class JobQueue:
             status=row.status,
             priority=int(row.priority),
             provider=row.provider,
+            task_id=row.task_id,
+            subtask_id=row.subtask_id,
             attempts=int(row.attempts),
             max_attempts=int(row.max_attempts),
             fence=int(row.fence),

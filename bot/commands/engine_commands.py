@@ -1,0 +1,185 @@
+"""/task, /ask and /tasks: the engine from chat, with each task's work shown in its own thread.
+
+`/task <request>` answers at once with the task's number and opens a thread where the plan, each
+subtask's streamed output, each verdict (validator, score, divergence, issues), tie-breaks and
+the final answer appear as the engine publishes them. `/ask <question>` is one cross-validated
+answer without planning, streamed into the reply itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from sqlalchemy import select
+
+from bot.commands.errors import NotFoundError
+from bot.commands.registry import CommandContext, CommandRegistry, Param, Reply
+from bot.db.models import Subtask, Task, UserRole
+from bot.engine.orchestrator import Engine
+from bot.events import EventBus
+from bot.logs import get_logger
+from bot.platforms.events import Conversation
+from bot.platforms.i18n import translate
+from bot.platforms.streaming import StreamRenderer
+
+log = get_logger(__name__)
+MAX_REQUEST_CHARS = 8000
+FOLLOW_LIMIT_S = 6 * 3600.0
+_followers: set[asyncio.Task[None]] = set()
+
+
+def register_engine_commands(registry: CommandRegistry, engine: Engine, bus: EventBus) -> None:
+    """Add the commands that need the engine (the composition root calls this)."""
+
+    async def task_command(ctx: CommandContext) -> Reply:
+        """Create a task and run it: the plan, each step, each verdict and the answer go to its thread."""
+        request = str(ctx.args["request"]).strip()
+        subscription = bus.subscribe(topics={"task"}, maxsize=50_000)
+        try:
+            submitted = await engine.submit(
+                title=request[:120], description=request if len(request) > 120 else "",
+                user_id=ctx.principal.user_id, priority=int(ctx.args["priority"] or 0),
+                origin={"platform": ctx.place.platform, "channel_id": ctx.place.channel_id,
+                        "thread_id": ctx.place.thread_id},
+            )
+        except BaseException:
+            subscription.close()
+            raise
+        anchor = await ctx.conversation.say(translate("task.created", ctx.language, id=submitted.task_id,
+                                                      title=request[:120]))
+        thread = await ctx.conversation.open_thread(title=f"#{submitted.task_id} {request[:80]}", anchor=anchor)
+        follower = asyncio.create_task(
+            follow_task(conversation=thread, subscription=subscription, engine=engine, task_id=submitted.task_id,
+                        language=ctx.language),
+            name=f"follow-task-{submitted.task_id}",
+        )
+        _followers.add(follower)
+        follower.add_done_callback(_followers.discard)
+        return None  # the reply was posted above, as the thread's anchor
+
+    async def ask_command(ctx: CommandContext) -> Reply:
+        """Ask one question: one model answers, a different one checks it, the verdict follows."""
+        question = str(ctx.args["question"]).strip()
+        with bus.subscribe(topics={"task"}, maxsize=50_000) as subscription:
+            submitted = await engine.submit(title=question[:120], description=question if len(question) > 120
+                                            else "", user_id=ctx.principal.user_id, single_step=True,
+                                            origin={"platform": ctx.place.platform, "channel_id": ctx.place.channel_id})
+            await follow_task(conversation=ctx.conversation, subscription=subscription, engine=engine,
+                              task_id=submitted.task_id, language=ctx.language, show_plan=False, show_final=False)
+        return None  # the answer and its verdict were streamed into the conversation
+
+    async def tasks_list(ctx: CommandContext) -> str:
+        """The most recent tasks and their state."""
+        async with ctx.services.session_factory() as session:
+            rows = (await session.scalars(select(Task).order_by(Task.id.desc()).limit(ctx.args["limit"]))).all()
+        if not rows:
+            return translate("tasks.none", ctx.language)
+        return "\n".join(f"#{t.id} [{t.status}] {t.title}" for t in rows)
+
+    async def tasks_show(ctx: CommandContext) -> str:
+        """One task: its subtasks with executor, validator, score and divergence, and the answer."""
+        async with ctx.services.session_factory() as session:
+            task = await session.get(Task, ctx.args["id"])
+            if task is None:
+                raise NotFoundError(translate("tasks.not_found", ctx.language, id=ctx.args["id"]))
+            subtasks = (await session.scalars(select(Subtask).where(Subtask.task_id == task.id)
+                                              .order_by(Subtask.seq))).all()
+        lines = [f"#{task.id} [{task.status}] {task.title}"]
+        for sub in subtasks:
+            divergence = "-" if sub.divergence_pct is None else f"{sub.divergence_pct:.0f}%"
+            score = "-" if sub.validation_score is None else f"{sub.validation_score:.0f}"
+            lines.append(f"  {sub.seq}. [{sub.status}] {sub.title} — score {score}, divergence {divergence}")
+        if task.result:
+            lines += ["", task.result]
+        if task.error:
+            lines += ["", task.error]
+        return "\n".join(lines)
+
+    async def tasks_cancel(ctx: CommandContext) -> str:
+        """Cancel a task's queued and running work."""
+        cancelled = await engine.cancel(ctx.args["id"])
+        key = "tasks.cancelled" if cancelled else "tasks.already_ended"
+        return translate(key, ctx.language, id=ctx.args["id"])
+
+    registry.add("task", task_command, role=UserRole.OPERATOR, params=[
+        Param("request", kind="text", max_length=MAX_REQUEST_CHARS),
+        Param("priority", kind="int", option=True, required=False, default=0, minimum=-100, maximum=100),
+    ])
+    registry.add("ask", ask_command, role=UserRole.OPERATOR,
+                 params=[Param("question", kind="text", max_length=MAX_REQUEST_CHARS)])
+    registry.add("tasks list", tasks_list, role=UserRole.VIEWER, params=[
+        Param("limit", kind="int", option=True, required=False, default=10, minimum=1, maximum=50)])
+    registry.add("tasks show", tasks_show, role=UserRole.VIEWER, params=[Param("id", kind="int", minimum=1)])
+    registry.add("tasks cancel", tasks_cancel, role=UserRole.OPERATOR, params=[Param("id", kind="int", minimum=1)])
+    registry.set_default("tasks", "list")
+
+
+async def follow_task(*, conversation: Conversation, subscription: Any, engine: Engine, task_id: int,
+                      language: str, show_plan: bool = True, show_final: bool = True) -> None:
+    """Render one task's events into a conversation until the task ends (closing the subscription)."""
+    renderers: dict[int, StreamRenderer] = {}
+    sessions = engine.sessions
+    try:
+        async with asyncio.timeout(FOLLOW_LIMIT_S):
+            async for event in subscription:
+                if event.task_id != task_id:
+                    continue
+                payload = event.payload
+                subtask_id = payload.get("subtask_id")
+                if event.kind == "task.planned" and show_plan:
+                    steps = "\n".join(f"{s['id']}. {s['title']}" for s in payload.get("subtasks", []))
+                    await conversation.say(translate("task.plan", language, planner=payload.get("planner"),
+                                                     steps=steps))
+                elif event.kind == "subtask.started" and subtask_id is not None:
+                    if show_plan:
+                        async with sessions() as session:
+                            sub = await session.get(Subtask, subtask_id)
+                        if sub is not None:
+                            await conversation.say(f"▶ {sub.seq}. {sub.title}")
+                    renderers[subtask_id] = StreamRenderer(conversation, language=language,
+                                                           filename=f"task-{task_id}-{subtask_id}.md")
+                elif event.kind == "subtask.token" and subtask_id in renderers:
+                    renderers[subtask_id].feed(str(payload.get("text", "")))
+                elif event.kind == "subtask.verdict":
+                    await _finish(renderers, subtask_id)
+                    issues = "".join(f"\n • {issue}" for issue in payload.get("issues", [])[:8])
+                    await conversation.say(translate(
+                        "task.verdict", language, validator=payload.get("validator"), score=payload.get("score"),
+                        decision=payload.get("decision"), divergence=payload.get("divergence_pct"),
+                    ) + issues)
+                elif event.kind == "subtask.tiebroken":
+                    message = "task.tie_waiting" if payload.get("needs_decision") else "task.tiebroken"
+                    await conversation.say(translate(message, language, outcome=payload.get("outcome")))
+                elif event.kind == "subtask.done":
+                    await _finish(renderers, subtask_id)
+                    if payload.get("validation") == "unvalidated":
+                        await conversation.say(translate("task.unvalidated", language))
+                elif event.kind == "task.done":
+                    for open_id in list(renderers):
+                        await _finish(renderers, open_id)
+                    if show_final:
+                        final = StreamRenderer(conversation, language=language, filename=f"task-{task_id}.md")
+                        final.feed(translate("task.final", language) + "\n" + str(payload.get("result", "")))
+                        await final.finish()
+                    return
+                elif event.kind in ("task.failed", "task.cancelled"):
+                    for open_id in list(renderers):
+                        await _finish(renderers, open_id)
+                    await conversation.say(translate("task.ended", language, id=task_id,
+                                                     reason=payload.get("error") or event.kind))
+                    return
+    except TimeoutError:
+        log.warning("stopped following a long task", task_id=task_id)
+    finally:
+        subscription.close()
+        for key in list(renderers):
+            with contextlib.suppress(Exception):  # best effort on the way out; the task itself is unaffected
+                await _finish(renderers, key)
+
+
+async def _finish(renderers: dict[int, StreamRenderer], subtask_id: Any) -> None:
+    renderer = renderers.pop(subtask_id, None) if subtask_id is not None else None
+    if renderer is not None:
+        await renderer.finish()
