@@ -87,7 +87,10 @@ async def test_sigkill_with_20_subtasks_in_flight(migrated_db: str, tmp_path: Pa
                     statuses = (await session.scalars(select(Task.status))).all()
                     return len(statuses) == len(task_ids) and all(str(s) in ("completed", "failed") for s in statuses)
 
-            await poll(finished, timeout=180, what="the tasks to finish after the restart")
+            try:
+                await poll(finished, timeout=180, what="the tasks to finish after the restart")
+            except AssertionError as err:
+                raise AssertionError(f"{err}\nworker log:\n{log.read_text()[-4000:]}") from None
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=30)

@@ -12,20 +12,26 @@ A model without a price costs 0 (local servers are free to call); tokens are rec
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.base import utcnow
 from bot.db.models import AiModel, AiProvider, CreditUsage
 from bot.engine.providers.router import CallRecord
+from bot.logs import get_logger
+
+log = get_logger(__name__)
 
 MILLION = Decimal(1_000_000)
+TOUCH_INTERVAL_S = 60.0
 # (task id, subtask id) of the work a call is made for; the engine sets it around its calls so one
 # recorder shared by the whole router still attributes each call's cost to its task.
 current_work: ContextVar[tuple[int | None, int | None]] = ContextVar("current_work", default=(None, None))
@@ -55,6 +61,7 @@ class CreditRecorder:
     sessions: async_sessionmaker[AsyncSession]
     task_id: int | None = None
     subtask_id: int | None = None
+    _touched: dict[int, float] = field(default_factory=dict)
 
     async def __call__(self, record: CallRecord) -> None:
         """Record `record` if it consumed tokens (failed attempts without usage are skipped)."""
@@ -73,8 +80,6 @@ class CreditRecorder:
                 )
                 if model is not None:
                     model_id = model.id
-                    if record.ok:
-                        model.last_used_at = utcnow()
             currency = settings.get("currency", "USD") if isinstance(settings.get("currency"), str) else "USD"
             session.add(
                 CreditUsage(
@@ -88,3 +93,20 @@ class CreditRecorder:
                     currency=currency[:8],
                 )
             )
+        if record.ok and model_id is not None:
+            await self._touch_model(model_id)
+
+    async def _touch_model(self, model_id: int) -> None:
+        """`ai_models.last_used_at` is advisory: written at most once a minute per model, in its own
+        short transaction, and skipped on lock conflicts — a hot row shared by every concurrent
+        call must never make a call's accounting (or the calls) wait or deadlock."""
+        now = time.monotonic()
+        if now - self._touched.get(model_id, float("-inf")) < TOUCH_INTERVAL_S:
+            return
+        self._touched[model_id] = now
+        try:
+            async with self.sessions() as session, session.begin():
+                await session.execute(update(AiModel).where(AiModel.id == model_id).values(last_used_at=utcnow()))
+        except DBAPIError as err:  # expected under contention: the next call within a minute retries
+            log.debug("model last_used_at not updated", model_id=model_id, error=str(err.orig))
+            self._touched.pop(model_id, None)
