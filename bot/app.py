@@ -185,6 +185,81 @@ class MonitorComponent:
             await self._runtime.monitor.stop()
 
 
+class ChatComponent:
+    """Slack and Discord when their tokens are set; otherwise, on a terminal, the local console.
+
+    Every platform speaks the same commands through one dispatcher; monitor and engine alerts are
+    relayed to each platform's alert channel. Ending the console (Ctrl-D or /quit) stops the daemon.
+    """
+
+    name = "chat"
+
+    def __init__(self, runtime: Runtime, *, request_stop: Callable[[str], None]) -> None:
+        self._runtime = runtime
+        self._request_stop = request_stop
+        self._platforms: list[Any] = []
+        self._relay: Any = None
+        self._console_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        import sys
+
+        from bot.commands.wiring import build_dispatcher
+        from bot.platforms import alert_targets, platforms_from_settings
+        from bot.platforms.alerts import AlertRelay
+
+        runtime = self._runtime
+        settings = runtime.settings
+        engine = runtime.engine_runtime.engine if runtime.engine_runtime is not None else None
+        registry, dispatcher = build_dispatcher(settings=settings, sessions=runtime.session_factory, engine=engine,
+                                                bus=runtime.bus, components={"monitor": runtime.monitor})
+        self._platforms = platforms_from_settings(settings, sink=dispatcher.handle_event, registry=registry)
+        for platform in self._platforms:
+            await platform.start()
+            runtime.health_checks[f"chat:{platform.name}"] = _always_true
+        targets = alert_targets(settings, self._platforms)
+        if targets:
+            self._relay = AlertRelay(bus=runtime.bus, targets=targets)
+            await self._relay.start()
+        if not self._platforms and sys.stdin.isatty():
+            await self._start_console(dispatcher)
+
+    async def _start_console(self, dispatcher: Any) -> None:
+        import sys
+
+        from bot.commands.wiring import console_user
+        from bot.platforms.console import ConsolePlatform
+
+        user, sender = await console_user(self._runtime.session_factory, username=None)
+        console = ConsolePlatform(sink=dispatcher.handle_event, user_id=sender.user_id,
+                                  display_name=sender.display_name, output=sys.stdout,
+                                  files_dir=self._runtime.settings.data_dir / "console-files",
+                                  language=str(user.language))
+        await console.start()
+        self._platforms.append(console)
+
+        async def repl() -> None:
+            await console.repl()
+            self._request_stop("console closed")
+
+        self._console_task = asyncio.create_task(repl(), name="console")
+
+    async def stop(self) -> None:
+        if self._console_task is not None:
+            self._console_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._console_task
+        if self._relay is not None:
+            await self._relay.stop()
+        for platform in reversed(self._platforms):
+            await platform.stop()
+
+
+async def _always_true() -> bool:
+    """Chat connections reconnect by themselves (with backoff); they never make the daemon unhealthy."""
+    return True
+
+
 class AdminApiComponent:
     """The aiohttp admin API (CRUD, OAuth callbacks, WebSocket streams, metrics)."""
 
@@ -226,9 +301,10 @@ class Daemon:
 
     def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
         self.runtime = Runtime(settings=settings)
-        self.components: list[Component] = build_components(self.runtime, migrate=migrate)
-        self._started: list[Component] = []
         self._stop_event = asyncio.Event()
+        self.components: list[Component] = build_components(self.runtime, migrate=migrate,
+                                                            request_stop=self.request_stop)
+        self._started: list[Component] = []
 
     def request_stop(self, reason: str) -> None:
         """Begin a graceful shutdown (idempotent)."""
@@ -300,7 +376,9 @@ class Daemon:
         return True
 
 
-def build_components(runtime: Runtime, *, migrate: bool) -> list[Component]:
+def build_components(
+    runtime: Runtime, *, migrate: bool, request_stop: Callable[[str], None] | None = None
+) -> list[Component]:
     """The daemon's components, in start order, for what the settings enable."""
     settings = runtime.settings
     for secret in (settings.slack.bot_token, settings.slack.app_token, settings.slack.signing_secret,
@@ -322,6 +400,7 @@ def build_components(runtime: Runtime, *, migrate: bool) -> list[Component]:
         components.append(MonitorComponent(runtime))
     if settings.admin_api.enabled:
         components.append(AdminApiComponent(runtime))
+    components.append(ChatComponent(runtime, request_stop=request_stop or (lambda _reason: None)))
     return components
 
 

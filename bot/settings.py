@@ -138,6 +138,13 @@ class EngineSettings(_Section):
         return self.category_thresholds.get(category or "", self.divergence_threshold_pct)
 
 
+class ChatSettings(_Section):
+    """Who may talk to the bot: people are mapped to users by platform id; strangers get this role
+    (none: refused, the default)."""
+
+    unknown_user_role: Literal["viewer", "operator"] | None = None
+
+
 class VaultSettings(_Section):
     """Where the encryption keys for secrets at rest come from.
 
@@ -174,6 +181,7 @@ class Settings(BaseSettings):
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     vault: VaultSettings = Field(default_factory=VaultSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @classmethod

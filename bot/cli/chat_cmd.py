@@ -8,11 +8,8 @@ linked to that user as a `console` identity, and every command is audited like a
 from __future__ import annotations
 
 import asyncio
-import getpass
 
 import click
-
-from bot.errors import OrchestratorError
 
 
 @click.command()
@@ -32,16 +29,13 @@ def chat(username: str | None, commands: tuple[str, ...]) -> None:
 async def _chat(*, username: str | None, commands: tuple[str, ...]) -> None:
     import sys
 
-    from sqlalchemy import select
-
-    from bot.commands import CommandDispatcher, PermissionPolicy, Services, build_registry
-    from bot.commands.permissions import link_identity
+    from bot.commands.wiring import build_dispatcher, console_user
     from bot.db.engine import create_engine, session_factory
     from bot.db.migrate import upgrade_to_head
-    from bot.db.models import User, UserRole
+    from bot.engine.runtime import EngineRuntime
+    from bot.events import EventBus
     from bot.logs import configure_logging
     from bot.platforms.console import ConsolePlatform
-    from bot.platforms.events import Sender
     from bot.platforms.i18n import translate
     from bot.settings import load_settings
 
@@ -50,34 +44,21 @@ async def _chat(*, username: str | None, commands: tuple[str, ...]) -> None:
     url = settings.effective_database_url
     await upgrade_to_head(url, backup_dir=settings.data_dir / "backups", settings=settings)
     engine = create_engine(url, settings=settings.database)
+    bus = EventBus()
+    factory = session_factory(engine)
+    # The console runs its own engine worker: with a daemon on the same database they share the queue.
+    runtime = EngineRuntime(settings=settings, db_engine=engine, sessions=factory, bus=bus)
     try:
-        factory = session_factory(engine)
-        terminal_user = getpass.getuser()
-        async with factory() as session:
-            statement = select(User).where(User.is_active.is_(True))
-            if username:
-                statement = statement.where(User.username == username)
-            else:
-                statement = statement.where(User.role == UserRole.ADMIN).order_by(User.id)
-            user = (await session.execute(statement)).scalars().first()
-            if user is None:
-                raise OrchestratorError(
-                    f"no active user {username!r}" if username else "there is no active admin user",
-                    hint="run `orchestrator migrate` to create the default admin, or pass --as <username>",
-                )
-            sender = Sender(platform="console", user_id=terminal_user, display_name=terminal_user)
-            await link_identity(session, user_id=user.id, sender=sender)
-            await session.commit()
-            role, language, name = str(user.role), str(user.language), user.username
-        dispatcher = CommandDispatcher(
-            registry=build_registry(),
-            services=Services(session_factory=factory, settings=settings),
-            policy=PermissionPolicy(default_language=settings.language),
-        )
+        await runtime.start()
+        for notice in runtime.notices:
+            click.echo(f"note: {notice}", err=True)
+        user, sender = await console_user(factory, username=username)
+        role, language, name = str(user.role), str(user.language), user.username
+        _registry, dispatcher = build_dispatcher(settings=settings, sessions=factory, engine=runtime.engine, bus=bus)
         console = ConsolePlatform(
             sink=dispatcher.handle_event,
-            user_id=terminal_user,
-            display_name=terminal_user,
+            user_id=sender.user_id,
+            display_name=sender.display_name,
             output=sys.stdout,
             files_dir=settings.data_dir / "console-files",
             language=language,
@@ -93,4 +74,5 @@ async def _chat(*, username: str | None, commands: tuple[str, ...]) -> None:
         finally:
             await console.stop()
     finally:
+        await runtime.stop()
         await engine.dispose()

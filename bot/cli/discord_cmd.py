@@ -34,7 +34,11 @@ def sync(guild_id: str | None, global_: bool, as_json: bool) -> None:
 
     settings = load_settings()
     target = None if global_ else (guild_id or settings.discord.guild_id)
-    result = asyncio.run(sync_commands(settings=settings.discord, registry=build_registry(), guild_id=target))
+    from bot.commands.engine_commands import register_engine_commands
+
+    # The engine's commands are listed too; they run in the daemon, not in this process.
+    registry = build_registry(extensions=[lambda r: register_engine_commands(r, None, None)])
+    result = asyncio.run(sync_commands(settings=settings.discord, registry=registry, guild_id=target))
     if as_json:
         echo_json(result)
         return

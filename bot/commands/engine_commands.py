@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot.commands.errors import NotFoundError
+from bot.commands.errors import CommandError, NotFoundError
 from bot.commands.registry import CommandContext, CommandRegistry, Param, Reply
 from bot.db.models import Subtask, Task, UserRole
 from bot.engine.orchestrator import Engine
@@ -30,11 +30,21 @@ FOLLOW_LIMIT_S = 6 * 3600.0
 _followers: set[asyncio.Task[None]] = set()
 
 
-def register_engine_commands(registry: CommandRegistry, engine: Engine, bus: EventBus) -> None:
-    """Add the commands that need the engine (the composition root calls this)."""
+def register_engine_commands(registry: CommandRegistry, engine: Engine | None, bus: EventBus | None) -> None:
+    """Add the commands that need the engine (the composition root calls this).
+
+    `orchestrator discord sync` registers them with no engine, only to publish their names and
+    arguments; run there, each says the engine is not running in that process.
+    """
+
+    def running() -> tuple[Engine, EventBus]:
+        if engine is None or bus is None:
+            raise CommandError("engine.not_running")
+        return engine, bus
 
     async def task_command(ctx: CommandContext) -> Reply:
         """Create a task and run it: the plan, each step, each verdict and the answer go to its thread."""
+        engine, bus = running()
         request = str(ctx.args["request"]).strip()
         subscription = bus.subscribe(topics={"task"}, maxsize=50_000)
         try:
@@ -61,6 +71,7 @@ def register_engine_commands(registry: CommandRegistry, engine: Engine, bus: Eve
 
     async def ask_command(ctx: CommandContext) -> Reply:
         """Ask one question: one model answers, a different one checks it, the verdict follows."""
+        engine, bus = running()
         question = str(ctx.args["question"]).strip()
         with bus.subscribe(topics={"task"}, maxsize=50_000) as subscription:
             submitted = await engine.submit(title=question[:120], description=question if len(question) > 120
@@ -99,6 +110,7 @@ def register_engine_commands(registry: CommandRegistry, engine: Engine, bus: Eve
 
     async def tasks_cancel(ctx: CommandContext) -> str:
         """Cancel a task's queued and running work."""
+        engine, _bus = running()
         cancelled = await engine.cancel(ctx.args["id"])
         key = "tasks.cancelled" if cancelled else "tasks.already_ended"
         return translate(key, ctx.language, id=ctx.args["id"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,11 +191,11 @@ class ConsolePlatform(Platform):
     async def repl(self, stream: TextIO | None = None, *, prompt: str = "> ") -> None:
         """Read lines until EOF or /quit, handling each as it comes."""
         source = stream or sys.stdin
-        loop = asyncio.get_running_loop()
+        lines = _line_reader(source)
         while True:
             self.screen.close_line()
             self.screen._write(prompt)
-            line = await loop.run_in_executor(None, source.readline)
+            line = await lines.get()
             if not line:
                 self.screen._write("\n")
                 return
@@ -203,3 +204,26 @@ class ConsolePlatform(Platform):
             if line.strip().lower() in QUIT_WORDS:
                 return
             await self.submit(line)
+
+
+def _line_reader(source: TextIO) -> asyncio.Queue[str]:
+    """Lines of `source` from a daemon thread ("" at EOF).
+
+    Not the loop's default executor: a thread blocked in readline() there would keep
+    asyncio.run() from returning when the daemon is asked to stop.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def pump() -> None:
+        while True:
+            line = source.readline()
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+            except RuntimeError:  # the loop is closed: the daemon has stopped
+                return
+            if not line:
+                return
+
+    threading.Thread(target=pump, name="console-stdin", daemon=True).start()
+    return queue

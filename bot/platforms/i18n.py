@@ -286,6 +286,10 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
     },
     "task.final": {"en": "Final answer:", "pt-BR": "Resposta final:"},
     "task.ended": {"en": "Task #{id} ended: {reason}", "pt-BR": "Tarefa #{id} terminou: {reason}"},
+    "engine.not_running": {
+        "en": "The engine does not run in this process; use the daemon or `orchestrator chat`.",
+        "pt-BR": "O motor não roda neste processo; use o daemon ou `orchestrator chat`.",
+    },
     "tasks.none": {"en": "No tasks yet.", "pt-BR": "Nenhuma tarefa ainda."},
     "tasks.not_found": {"en": "There is no task #{id}.", "pt-BR": "Não existe a tarefa #{id}."},
     "tasks.cancelled": {"en": "Task #{id} cancelled.", "pt-BR": "Tarefa #{id} cancelada."},
