@@ -138,7 +138,8 @@ class EngineComponent:
         state = self._runtime.monitor_state
         engine_runtime = EngineRuntime(settings=self._runtime.settings, db_engine=self._runtime.engine,
                                        sessions=self._runtime.session_factory, bus=self._runtime.bus,
-                                       admission=state.admit if state is not None else None)
+                                       admission=state.admit if state is not None else None,
+                                       monitor_state=state)
         self._runtime.engine_runtime = engine_runtime
         await engine_runtime.start()
         for notice in engine_runtime.notices:

@@ -20,6 +20,7 @@ and its stored result is what the resumed attempt sees. Every model interaction 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -93,6 +94,7 @@ class Engine:
         settings: EngineSettings,
         bus: EventBus | None = None,
         embedder: Embedder | None = None,
+        monitor_state: Any = None,
     ) -> None:
         self._sessions = session_factory
         self._router = router
@@ -100,7 +102,13 @@ class Engine:
         self._settings = settings
         self._bus = bus
         self._embedder = embedder
-        self._selector = Selector(router=router)
+        self._monitor_state = monitor_state  # bot.monitor.state.MonitorState, when the monitor runs
+        self._selector = Selector(
+            router=router,
+            prefer_smaller=(lambda: bool(monitor_state.prefer_smaller_models)) if monitor_state is not None else None,
+        )
+        # Events that describe a job's committed result wait for the queue's "succeeded".
+        self._after_commit: dict[int, list[Event]] = {}
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -213,7 +221,11 @@ class Engine:
         self._publish("subtask.decided", subtask.task_id, {"subtask_id": subtask_id, "chosen": choose})
 
     def on_queue_event(self, event: QueueEvent) -> None:
-        """Worker callback: a job that will never succeed fails its subtask and task."""
+        """Worker callback: publish what a job committed; a job that will never succeed fails its task."""
+        pending = self._after_commit.pop(event.job_id, []) if event.name != "claimed" else []
+        if event.name == "succeeded" and self._bus is not None:
+            for item in pending:
+                self._bus.publish(item)
         if event.name == "dead":
             import asyncio
 
@@ -270,7 +282,7 @@ class Engine:
             await self._enqueue_ready(session, task_id, rows)
 
         ctx.on_commit(write_plan)
-        self._publish("task.planned", task_id, {"subtasks": [s.model_dump() for s in plan.subtasks],
+        self._publish_after_commit(ctx, "task.planned", task_id, {"subtasks": [s.model_dump() for s in plan.subtasks],
                                                 "planner": plan_data["model"]})
         return {"subtasks": len(plan.subtasks), "planner": plan_data["model"]}
 
@@ -486,7 +498,7 @@ class Engine:
                 await self._schedule_after(session, subtask)
 
         ctx.on_commit(write)
-        self._publish("subtask.done", task_id, {
+        self._publish_after_commit(ctx, "subtask.done", task_id, {
             "subtask_id": subtask_id, "status": "waiting" if waiting else "completed",
             "validation": validation.get("status"), "divergence_pct": round(divergence.pct, 1) if divergence else None,
         })
@@ -518,7 +530,7 @@ class Engine:
             task.finished_at = utcnow()
 
         ctx.on_commit(write)
-        self._publish("task.done", task_id, {"result": final})
+        self._publish_after_commit(ctx, "task.done", task_id, {"result": final})
         return {"task_id": task_id, "chars": len(final)}
 
     async def _synthesise(self, task_id: int, request_text: str, subtasks: list[Subtask]) -> dict[str, Any]:
@@ -569,17 +581,19 @@ class Engine:
         if partial:
             self._publish("subtask.resumed", task_id, {"subtask_id": subtask_id, "chars": len(partial)})
         current_work.set((task_id, subtask_id))
-        async for delta in self._router.stream_chat(request):
-            if delta.text:
-                text += delta.text
-                self._publish("subtask.token", task_id, {"subtask_id": subtask_id, "text": delta.text})
-            if delta.done and delta.usage is not None:
-                usage = {"prompt_tokens": delta.usage.prompt_tokens, "completion_tokens": delta.usage.completion_tokens}
-            now = time.monotonic()
-            if len(text) > saved_len and (now - last_saved >= self._settings.checkpoint_interval_s
-                                          or len(text) - saved_len >= 4000):
-                await ctx.checkpoint("output", text)
-                last_saved, saved_len = now, len(text)
+        with self._busy(executor.key):
+            async for delta in self._router.stream_chat(request):
+                if delta.text:
+                    text += delta.text
+                    self._publish("subtask.token", task_id, {"subtask_id": subtask_id, "text": delta.text})
+                if delta.done and delta.usage is not None:
+                    usage = {"prompt_tokens": delta.usage.prompt_tokens,
+                             "completion_tokens": delta.usage.completion_tokens}
+                now = time.monotonic()
+                if len(text) > saved_len and (now - last_saved >= self._settings.checkpoint_interval_s
+                                              or len(text) - saved_len >= 4000):
+                    await ctx.checkpoint("output", text)
+                    last_saved, saved_len = now, len(text)
         latency_ms = (time.monotonic() - started) * 1000
         if not text.strip():
             raise ProviderError(f"{executor.key} returned an empty answer")
@@ -647,7 +661,8 @@ class Engine:
         prompt = "\n\n".join(f"[{m.role}] {m.content}" for m in request.messages)
         current_work.set((task_id, subtask_id))
         try:
-            result = await self._router.chat(request)
+            with self._busy(request.model):
+                result = await self._router.chat(request)
         except ProviderError as err:
             await self._log(task_id, subtask_id, choice, f"{event}.failed", level=LogLevel.ERROR, prompt=prompt,
                             details={"error": str(err)})
@@ -660,6 +675,14 @@ class Engine:
         return result
 
     # -- bookkeeping --------------------------------------------------------------------------
+
+    def _busy(self, model: str) -> contextlib.ExitStack[bool | None]:
+        """Tell the monitor a model is in use on every provider that may serve it (never unloaded)."""
+        stack = contextlib.ExitStack()
+        if self._monitor_state is not None:
+            for deployment in self._router.groups().get(model, []):
+                stack.enter_context(self._monitor_state.using_model(deployment.provider.name, deployment.model))
+        return stack
 
     async def _save_result(self, subtask_id: int, answer: str, executor_model_id: int) -> None:
         """The executor's answer is stored before validation starts (nothing after can lose it)."""
@@ -738,6 +761,12 @@ class Engine:
         except Exception:  # boundary: a failed log write is reported, the model's work is kept
             log.exception("could not write an execution log row", task_id=task_id, event_name=event)
 
+    def _publish_after_commit(self, ctx: JobContext, kind: str, task_id: int, payload: dict[str, Any]) -> None:
+        """Publish once the job's result is committed, so listeners reading the rows see it."""
+        if self._bus is not None:
+            event = Event(topic="task", kind=kind, task_id=task_id, payload=payload)
+            self._after_commit.setdefault(ctx.job.id, []).append(event)
+
     def _publish(self, kind: str, task_id: int, payload: dict[str, Any]) -> None:
         if self._bus is not None:
             self._bus.publish(Event(topic="task", kind=kind, task_id=task_id, payload=payload))
@@ -746,7 +775,8 @@ class Engine:
 def _candidate(data: dict[str, Any]) -> Candidate:
     return Candidate(model_id=int(data["model_id"]), key=str(data["key"]), family=str(data["family"]),
                      provider_id=int(data["provider_id"]), provider_name=str(data["provider"]),
-                     is_local=bool(data["is_local"]), is_loaded=bool(data["is_loaded"]))
+                     is_local=bool(data["is_local"]), is_loaded=bool(data["is_loaded"]),
+                     size_bytes=data.get("size_bytes"))
 
 
 def _choice_like(candidate: Candidate) -> Choice:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -43,6 +44,7 @@ class EngineRuntime:
     worker_id: str | None = None
     embedder: Embedder | None = None
     admission: Callable[[], bool] | None = None
+    monitor_state: Any = None
     providers: dict[str, LLMProvider] = field(default_factory=dict)
     router: Router | None = None
     registry: ModelRegistry | None = None
@@ -63,7 +65,8 @@ class EngineRuntime:
         self.queue = JobQueue(self.db_engine)
         assert self.router is not None
         self.engine = Engine(session_factory=self.sessions, router=self.router, queue=self.queue,
-                             settings=self.settings.engine, bus=self.bus, embedder=self.embedder)
+                             settings=self.settings.engine, bus=self.bus, embedder=self.embedder,
+                             monitor_state=self.monitor_state)
         if run_worker:
             limits = await self._provider_limits()
             self.worker = Worker(queue=self.queue, handlers=self.engine.handlers, worker_id=self.worker_id,

@@ -9,6 +9,8 @@ Score of a candidate for a category (higher wins; ties broken by model id for de
   − busy        0.03 per request the router has in flight on it
   − cooling     0.50 while the router cools the deployment down after failures
   + diversity   validators and tie-breakers only: 0.10 for another family, 0.05 for another provider
+  + smaller     0.30 × (1 − size rank / candidates) while the monitor asks for smaller models
+                (VRAM nearly full): the smallest candidate gains the most
 
 A model is identified by its key on any provider: the same weights served by two providers are
 one model, so "a model never validates its own work" holds across providers too.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -35,6 +37,7 @@ BUSY_PENALTY = 0.03
 COOLING_PENALTY = 0.50
 OTHER_FAMILY_BONUS = 0.10
 OTHER_PROVIDER_BONUS = 0.05
+SMALLER_BONUS = 0.30
 NEUTRAL_QUALITY = 0.5
 
 
@@ -49,6 +52,7 @@ class Candidate:
     provider_name: str
     is_local: bool
     is_loaded: bool
+    size_bytes: int | None = None
 
     @property
     def identity(self) -> str:
@@ -68,7 +72,7 @@ class Choice:
         """Stored in job steps so a resumed subtask keeps its models."""
         c = self.candidate
         return {"model_id": c.model_id, "key": c.key, "family": c.family, "provider": c.provider_name,
-                "score": round(self.score, 4), "reason": self.reason}
+                "size_bytes": c.size_bytes, "score": round(self.score, 4), "reason": self.reason}
 
 
 def model_identity(key: str) -> str:
@@ -104,7 +108,7 @@ async def load_candidates(session: AsyncSession, *, router: Router) -> list[Cand
         candidates.append(Candidate(
             model_id=model.id, key=model.model_key, family=family_of(model.model_key, model.family),
             provider_id=provider.id, provider_name=provider.name, is_local=provider.is_local,
-            is_loaded=model.is_loaded,
+            is_loaded=model.is_loaded, size_bytes=model.size_bytes,
         ))
     return candidates
 
@@ -112,8 +116,9 @@ async def load_candidates(session: AsyncSession, *, router: Router) -> list[Cand
 class Selector:
     """Scores candidates for a role; never returns a model in `exclude`."""
 
-    def __init__(self, *, router: Router) -> None:
+    def __init__(self, *, router: Router, prefer_smaller: Callable[[], bool] | None = None) -> None:
         self._router = router
+        self._prefer_smaller = prefer_smaller or (lambda: False)
 
     async def choose(
         self,
@@ -139,6 +144,10 @@ class Selector:
             )).all()
         }
         total_runs = sum(m.runs for m in metrics.values())
+        size_rank: dict[int, int] = {}
+        if self._prefer_smaller():
+            by_size = sorted(pool, key=lambda c: (c.size_bytes is None, c.size_bytes or 0))
+            size_rank = {c.model_id: rank for rank, c in enumerate(by_size)}
         health = {h.deployment: h for h in self._router.health()}
         scored: list[tuple[float, int, Candidate, str]] = []
         for candidate in pool:
@@ -166,6 +175,9 @@ class Selector:
                 if all(candidate.provider_id != other.provider_id for other in diverse_from):
                     score += OTHER_PROVIDER_BONUS
                     reasons.append("other provider")
+            if size_rank:
+                score += SMALLER_BONUS * (1 - size_rank[candidate.model_id] / len(pool))
+                reasons.append("smaller models preferred (VRAM)")
             if prefer_model_id is not None and candidate.model_id == prefer_model_id:
                 score += 1.0
                 reasons.append("configured preference")

@@ -74,7 +74,7 @@ async def start_engine(db_url: str, fake: FakeLMStudio, tmp_path: Path, **engine
     db = create_engine(db_url)
     sessions = session_factory(db)
     async with sessions() as session, session.begin():
-        await session.execute(update(AiProvider).values(base_url=fake.url))
+        await session.execute(update(AiProvider).where(AiProvider.name == "LM Studio").values(base_url=fake.url))
     # The lexical embedder keeps these tests fast; the formula with MiniLM is tested in test_divergence.
     runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, bus=EventBus(),
                             worker_id=f"test-{time.monotonic_ns()}", embedder=LexicalEmbedder())
@@ -316,3 +316,72 @@ async def test_selection_prefers_the_model_that_has_been_right(migrated_db: str,
         assert total is not None and total >= 2
     finally:
         await stop(runtime)
+
+
+async def test_smaller_models_are_chosen_while_vram_is_nearly_full(migrated_db: str, lmstudio: FakeLMStudio,
+                                                                    tmp_path: Path) -> None:
+    from bot.monitor.state import MonitorState
+
+    common = {"Plan": plan(step(1, "capital")), "Verdict": verdict(90, "approve")}
+    lmstudio.script("aaa-big-70b", answer=PARIS, size_bytes=40_000_000_000, structured=common)
+    lmstudio.script("zzz-small-1b", answer=PARIS, size_bytes=800_000_000, structured=common)
+    state = MonitorState(prefer_smaller_models=True, prefer_smaller_reason="VRAM 97 %")
+    settings = load_settings(environ={"ORCH_DATA_DIR": str(tmp_path / "data"), "ORCH_DATABASE_URL": migrated_db,
+                                      "ORCH_LMSTUDIO__BASE_URL": lmstudio.url})
+    db = create_engine(migrated_db)
+    sessions = session_factory(db)
+    async with sessions() as session, session.begin():
+        await session.execute(update(AiProvider).values(base_url=lmstudio.url))
+    runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, bus=EventBus(),
+                            embedder=LexicalEmbedder(), monitor_state=state)
+    await runtime.start()
+    try:
+        assert runtime.engine is not None
+        task = await wait_task(runtime, (await runtime.engine.submit(title="Capital?")).task_id)
+        (sub,) = await subtasks_of(runtime, task.id)
+        keys = await model_keys(runtime)
+        assert keys[sub.executor_model_id or 0] == "zzz-small-1b"
+        assert not state.models_in_use("LM Studio")  # every call released its model
+    finally:
+        await stop(runtime)
+
+
+async def test_a_stream_dropped_midway_continues_on_another_server_without_repeating(
+    migrated_db: str, lmstudio: FakeLMStudio, tmp_path: Path
+) -> None:
+    long_answer = " ".join(f"fact{i}" for i in range(40)) + "."
+    common = {"Plan": plan(step(1, "facts")), "Verdict": verdict(90, "approve")}
+    lmstudio.script("qwen-7b", answer=long_answer, family="qwen", drop_after_tokens=6, structured=common)
+    lmstudio.script("llama-3b", answer=long_answer, family="llama", structured=common)
+    async with FakeLMStudio() as second:
+        # One 503 first: whichever server the router tries first, the stream breaks on the first one
+        # and the second one is asked to continue it.
+        second.script("qwen-7b", answer=long_answer, family="qwen", structured=common, fail_status=503,
+                      fail_times=1)
+        db = create_engine(migrated_db)
+        sessions = session_factory(db)
+        async with sessions() as session, session.begin():
+            await session.execute(update(AiProvider).values(base_url=lmstudio.url))
+            session.add(AiProvider(name="LM Studio 2", kind="lmstudio", base_url=second.url, is_local=True))
+        await db.dispose()
+        runtime = await start_engine(migrated_db, lmstudio, tmp_path)
+        try:
+            assert runtime.engine is not None
+            # History makes qwen the executor and llama the planner: only the executor's stream drops.
+            async with runtime.sessions() as session, session.begin():
+                ids = {m.model_key: m.id for m in (await session.scalars(select(AiModel))).all()}
+                for key, category in (("qwen-7b", "research"), ("llama-3b", "planning")):
+                    session.add(AiQualityMetric(model_id=ids[key], category=category, runs=20, successes=20,
+                                                failures=0, success_rate=1.0, mean_time_ms=10, validations=20,
+                                                mean_validation_score=95, tiebreaks_won=0, tiebreaks_lost=0,
+                                                ratings_count=0))
+            task = await wait_task(runtime, (await runtime.engine.submit(title="Forty facts")).task_id)
+            assert str(task.status) == "completed", task.error
+            (sub,) = await subtasks_of(runtime, task.id)
+            assert sub.result == long_answer  # nothing lost, nothing repeated
+            continued = [c for c in second.calls("/v1/chat/completions") if c.body.get("stream")
+                         and c.body["messages"][-1]["role"] == "assistant"]
+            assert continued, "the second server was not asked to continue the partial answer"
+            assert long_answer.startswith(continued[0].body["messages"][-1]["content"])
+        finally:
+            await stop(runtime)
