@@ -46,6 +46,7 @@ ROUTE_MODULES = (
     "admin_api.resources.alerts",
     "admin_api.oauth",
     "admin_api.streams",
+    "admin_api.chat_hooks",
 )
 
 

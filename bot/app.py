@@ -218,6 +218,12 @@ class ChatComponent:
         for platform in self._platforms:
             await platform.start()
             runtime.health_checks[f"chat:{platform.name}"] = _always_true
+        if runtime.admin_api is not None:
+            # Slack's and Discord's HTTP modes arrive at the admin API (/slack/events, /discord/interactions).
+            from admin_api.state import SERVICES
+
+            services = runtime.admin_api.app[SERVICES]
+            services.extra = {**(services.extra or {}), "chat": {p.name: p for p in self._platforms}}
         targets = alert_targets(settings, self._platforms)
         if targets:
             self._relay = AlertRelay(bus=runtime.bus, targets=targets)

@@ -334,3 +334,32 @@ def test_manifest_registers_every_command_and_the_scopes_used() -> None:
         "reaction_added",
     }
     assert manifest["settings"]["socket_mode_enabled"] is True
+
+
+async def test_http_mode_through_the_admin_api_route(fake_slack: FakeSlack, core: ChatCore, tmp_path: Path) -> None:
+    """POST /slack/events on the admin API reaches the adapter: signed works, unsigned is refused."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from admin_api.app import create_app
+    from admin_api.state import Services
+    from bot.settings import load_settings
+
+    platform = SlackPlatform(settings=http_settings(fake_slack), sink=core.dispatcher.handle_event)
+    await platform.start()
+    settings = load_settings(environ={"ORCH_DATA_DIR": str(tmp_path / "data")})
+    services = Services(extra={"chat": {"slack": platform}})
+    async with TestClient(TestServer(create_app(settings=settings, session_factory=core.sessions,
+                                                services=services))) as client:
+        try:
+            body = urlencode(slash("UALICE", "/status", "")).encode()
+            response = await client.post("/slack/events", data=body, headers=signed_headers(body))
+            assert response.status == 200
+            await wait_until(lambda: any("Orchestrator status" in t for t in texts(fake_slack)), what="reply")
+            forged = dict(signed_headers(body), **{"X-Slack-Signature": "v0=" + "1" * 64})
+            assert (await client.post("/slack/events", data=body, headers=forged)).status == 401
+            not_configured = await client.post("/discord/interactions", data=b"{}")
+            assert not_configured.status == 503
+            assert not_configured.headers["Content-Type"].startswith("application/problem+json")
+        finally:
+            await platform.wait_idle()
+            await platform.stop()

@@ -1,0 +1,151 @@
+"""Engine throughput: subtasks/s through execute → validate (→ tie-break) with full durability.
+
+    python -m bench.engine [--subtasks N] [--json]
+
+Each subtask is a single-step task (`/ask`-style: no planner), executed by one model and checked
+by another on a zero-latency local LM Studio peer (tests/fakes), so what is measured is the
+engine: selection, streaming with checkpoints, the reference answer, the verdict, divergence,
+quality metrics, execution logs and the durable queue. One in ten answers disagree, so a third
+model breaks the tie twice. "overhead_ms_per_subtask" is the wall time per subtask at
+concurrency 1 minus the time spent inside the model calls (from execution_logs). Runs on SQLite
+and, when one answers on 127.0.0.1:3306, MariaDB. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+CONCURRENCY = (1, 16, 64)
+AGREE = "The capital of France is Paris."
+DISAGREE = "The capital of France is Lyon."
+
+
+def _mariadb_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 3306), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int) -> dict[str, float]:
+    from sqlalchemy import func, select, update
+
+    from bot.db.engine import create_engine, session_factory
+    from bot.db.migrate import upgrade_to_head
+    from bot.db.models import AiProvider, ExecutionLog, Task
+    from bot.engine.embeddings import LexicalEmbedder
+    from bot.engine.runtime import EngineRuntime
+    from bot.logs import configure_logging
+    from bot.settings import load_settings
+    from tests.fakes import FakeLMStudio
+
+    configure_logging(level="ERROR", fmt="json")
+    verdict = {"score": 90, "verdict": "approve", "issues": [], "summary": ""}
+    judgement = {"winner": "alternative", "score": 90, "verdict": "approve", "reasons": ["r"], "merged_result": None}
+    counter = {"n": 0}
+
+    def executor(body: dict[str, Any]) -> str:
+        title = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema", {}).get("title")
+        if title == "Verdict":
+            return json.dumps(verdict)
+        if title == "Judgement":
+            return json.dumps(judgement)
+        counter["n"] += 1
+        return DISAGREE if counter["n"] % 10 == 0 else AGREE
+
+    async with FakeLMStudio() as fake:
+        fake.script("alpha-7b", family="qwen", responder=executor)
+        fake.script("beta-3b", answer=AGREE, family="llama", structured={"Verdict": verdict, "Judgement": judgement})
+        fake.script("gamma-9b", answer=AGREE, family="gemma", structured={"Verdict": verdict, "Judgement": judgement})
+        await upgrade_to_head(url, backup_dir=None)
+        settings = load_settings(environ={"ORCH_DATA_DIR": str(workdir / "data"), "ORCH_DATABASE_URL": url,
+                                          "ORCH_LMSTUDIO__BASE_URL": fake.url},
+                                 engine={"max_concurrency": concurrency})
+        db = create_engine(url, settings=settings.database)
+        sessions = session_factory(db)
+        async with sessions() as session, session.begin():
+            await session.execute(update(AiProvider).values(base_url=fake.url))
+        runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, embedder=LexicalEmbedder(),
+                                worker_id=f"bench-{uuid.uuid4().hex[:6]}")
+        await runtime.start()
+        try:
+            assert runtime.engine is not None and runtime.worker is not None
+            started = time.perf_counter()
+            for index in range(subtasks):
+                await runtime.engine.submit(title=f"What is the capital of France? #{index}", single_step=True)
+            runtime.worker.wake()
+            while True:
+                async with sessions() as session:
+                    done = await session.scalar(select(func.count()).select_from(Task).where(
+                        Task.status.in_(["completed", "failed"])))
+                if (done or 0) >= subtasks:
+                    break
+                await asyncio.sleep(0.02)
+            elapsed = time.perf_counter() - started
+            async with sessions() as session:
+                model_ms = await session.scalar(select(func.sum(ExecutionLog.latency_ms)))
+        finally:
+            await runtime.stop()
+            await db.dispose()
+    return {"subtasks_per_s": subtasks / elapsed, "wall_ms_per_subtask": elapsed * 1000 / subtasks,
+            "model_ms_per_subtask": float(model_ms or 0) / subtasks}
+
+
+async def _backend(name: str, *, subtasks: int) -> dict[str, Any]:
+    import pymysql
+
+    rates: dict[str, float] = {}
+    overhead = 0.0
+    for concurrency in CONCURRENCY:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            database = None
+            if name == "sqlite":
+                url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+            else:
+                database = f"orch_bench_{uuid.uuid4().hex[:10]}"
+                admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+                with admin.cursor() as cursor:
+                    cursor.execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
+                admin.close()
+                url = f"mysql+aiomysql://root@127.0.0.1:3306/{database}"
+            try:
+                count = subtasks if concurrency > 1 else max(20, subtasks // 10)
+                result = await _run(url, workdir, subtasks=count, concurrency=concurrency)
+            finally:
+                if database is not None:
+                    admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+                    with admin.cursor() as cursor:
+                        cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+                    admin.close()
+        rates[str(concurrency)] = round(result["subtasks_per_s"], 1)
+        if concurrency == 1:
+            overhead = result["wall_ms_per_subtask"] - result["model_ms_per_subtask"]
+        print(f"{name} concurrency {concurrency}: {result['subtasks_per_s']:.1f} subtasks/s", file=sys.stderr)
+    return {"subtasks_per_s": rates, "overhead_ms_per_subtask": round(overhead, 2)}
+
+
+def main() -> None:
+    """Print per-backend throughput; the last line is the JSON the README quotes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subtasks", type=int, default=300)
+    parser.add_argument("--json", action="store_true", help="Print only the JSON line on stdout.")
+    args = parser.parse_args()
+    report: dict[str, Any] = {"sqlite": asyncio.run(_backend("sqlite", subtasks=args.subtasks))}
+    if _mariadb_up():
+        report["mariadb"] = asyncio.run(_backend("mariadb", subtasks=args.subtasks))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
