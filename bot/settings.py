@@ -322,6 +322,10 @@ def redacted_dump(settings: Settings) -> dict[str, Any]:
             return {name: walk(getattr(value, name)) for name in type(value).model_fields}
         if isinstance(value, Path):
             return str(value)
+        if isinstance(value, list | tuple):
+            return [walk(item) for item in value]
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
         return value
 
     dumped: dict[str, Any] = walk(settings)

@@ -42,4 +42,8 @@ def _fmt(value: object) -> str:
         return str(value).lower()
     if isinstance(value, int | float):
         return str(value)
+    if isinstance(value, list | dict):
+        import json
+
+        return json.dumps(value)
     return f'"{value}"'

@@ -211,20 +211,22 @@ async def run_claimer(args: argparse.Namespace) -> None:
     engine = create_engine(args.url)
     queue = JobQueue(engine, lease_s=300)
     claimed_total = 0
-    empty_rounds = 0
     with Path(args.out).open("w", encoding="utf-8") as record:
         try:
-            while empty_rounds < 3:
+            while True:
                 try:
                     jobs = await queue.claim(args.name, limit=args.batch)
                 except OperationalError as err:  # SQLite busy past its timeout: try again
                     print(f"claim retry: {err.orig}", file=sys.stderr)
                     continue
                 if not jobs:
-                    empty_rounds += 1
+                    # Nothing claimable right now is not "done": the other claimer may hold rows
+                    # locked (SKIP LOCKED skips them). Stop only when no job is left to run.
+                    counts = await queue.counts()
+                    if not counts.get("queued") and not counts.get("running"):
+                        break
                     await asyncio.sleep(0.01)
                     continue
-                empty_rounds = 0
                 record.write("".join(f"{job.id} {job.fence}\n" for job in jobs))
                 record.flush()
                 outcomes = [(job.lease, {"by": args.name}) for job in jobs]
