@@ -18,9 +18,16 @@ def run(no_migrate: bool) -> None:
     On first start it creates the data directory, the SQLite database and the keyring, and
     upgrades the schema (backing up an existing database first).
     """
+    import sys
+
     from bot.app import run_daemon
 
     settings = load_settings()
-    configure_logging(level=settings.log.level, fmt=settings.log.format)
+    console = sys.stdin.isatty() and settings.slack.bot_token is None and settings.discord.bot_token is None
+    # With the console on this terminal, only warnings are printed so they do not bury the prompt;
+    # everything the engine does is still in execution_logs (/logs).
+    configure_logging(level="WARNING" if console else settings.log.level, fmt=settings.log.format)
+    if console:
+        click.echo("orchestrator: starting (console mode; /help lists commands, Ctrl-D stops the daemon)", err=True)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     asyncio.run(run_daemon(settings, migrate=not no_migrate))
