@@ -51,6 +51,7 @@ class Runtime:
     monitor_state: Any = None
     monitor: Any = None
     engine_runtime: Any = None
+    chat_platforms: dict[str, Any] = field(default_factory=dict)
     admin_api: Any = None
     health_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
@@ -141,9 +142,7 @@ class EngineComponent:
                                        admission=state.admit if state is not None else None,
                                        monitor_state=state)
         self._runtime.engine_runtime = engine_runtime
-        await engine_runtime.start()
-        for notice in engine_runtime.notices:
-            log.warning(notice)
+        await engine_runtime.start()  # logs which providers answer, or that the embedded models are used
         self._scheduler = AsyncIOScheduler()
         self._scheduler.add_job(engine_runtime.sync_models, "interval", seconds=self._sync_interval_s,
                                 id="models.sync", coalesce=True, max_instances=1)
@@ -218,12 +217,8 @@ class ChatComponent:
         for platform in self._platforms:
             await platform.start()
             runtime.health_checks[f"chat:{platform.name}"] = _always_true
-        if runtime.admin_api is not None:
-            # Slack's and Discord's HTTP modes arrive at the admin API (/slack/events, /discord/interactions).
-            from admin_api.state import SERVICES
-
-            services = runtime.admin_api.app[SERVICES]
-            services.extra = {**(services.extra or {}), "chat": {p.name: p for p in self._platforms}}
+        # Slack's and Discord's HTTP modes arrive at the admin API (/slack/events, /discord/interactions).
+        runtime.chat_platforms.update({p.name: p for p in self._platforms})
         targets = alert_targets(settings, self._platforms)
         if targets:
             self._relay = AlertRelay(bus=runtime.bus, targets=targets)
@@ -284,6 +279,7 @@ class AdminApiComponent:
             vault=self._runtime.vault,
             queue=engine_runtime.queue if engine_runtime else None,
             providers=engine_runtime.registry if engine_runtime else None,
+            extra={"chat": self._runtime.chat_platforms},
         )
         api = self._runtime.settings.admin_api
         try:
