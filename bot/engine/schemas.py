@@ -168,9 +168,25 @@ class Judgement(BaseModel):
         return [str(item) for item in value] if isinstance(value, list) else value
 
 
+_LENGTH_KEYWORDS = {"maxLength", "minLength", "maxItems", "minItems"}
+
+
 def json_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The schema sent to servers as structured output."""
-    return model.model_json_schema()
+    """The schema sent to servers as structured output, without length limits.
+
+    Grammar-based servers (llama.cpp) unroll every length bound into grammar rules and refuse
+    large ones; the parser still enforces every limit when the answer comes back.
+    """
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: strip(value) for key, value in node.items() if key not in _LENGTH_KEYWORDS}
+        if isinstance(node, list):
+            return [strip(item) for item in node]
+        return node
+
+    stripped: dict[str, Any] = strip(model.model_json_schema())
+    return stripped
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)

@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 
 from bot.engine.providers._http import HttpClient, HttpTimeouts
-from bot.engine.providers.openai_compat import OpenAICompatProvider
+from bot.engine.providers.openai_compat import ChatCompletionRequest, OpenAICompatProvider
 from bot.engine.providers.port import (
     ChatDelta,
     ChatMessage,
@@ -191,6 +191,9 @@ class EmbeddedServer:
                     "n_ctx": self.n_ctx,
                     "n_threads": self.n_threads,
                     "verbose": False,
+                    # The Gemma GGUF carries no chat template; llama.cpp would fall back to Llama 2's
+                    # and the model would stop at once. SmolLM2's file carries its own (ChatML).
+                    **({"chat_format": "gemma"} if model.family.startswith("gemma") else {}),
                 }
                 for model in self.models
             ],
@@ -291,6 +294,14 @@ class EmbeddedProvider(OpenAICompatProvider):
     ) -> None:
         self.server = EmbeddedServer(data_dir=data_dir, port=port, n_ctx=n_ctx, ready_timeout_s=ready_timeout_s)
         super().__init__(name=name, base_url=self.server.base_url, is_local=True, timeouts=timeouts)
+
+    def chat_payload(self, request: ChatRequest, *, stream: bool) -> ChatCompletionRequest:
+        """llama-cpp-python's server takes a schema as `{"type": "json_object", "schema": …}`
+        (it refuses OpenAI's `json_schema` type) and enforces it with a grammar."""
+        payload = super().chat_payload(request, stream=stream)
+        if request.json_schema is not None:
+            payload["response_format"] = {"type": "json_object", "schema": dict(request.json_schema)}
+        return payload
 
     def notice(self) -> str:
         """What `orchestrator run` prints when it falls back to this provider."""

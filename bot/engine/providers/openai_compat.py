@@ -64,6 +64,13 @@ class WireResponseFormat(TypedDict):
     json_schema: WireJsonSchema
 
 
+class WireJsonObjectFormat(TypedDict):
+    """llama-cpp-python's server: a JSON object constrained by `schema` (enforced by a grammar)."""
+
+    type: Literal["json_object"]
+    schema: Mapping[str, Any]
+
+
 class WireStreamOptions(TypedDict):
     include_usage: bool
 
@@ -75,7 +82,7 @@ class ChatCompletionRequest(TypedDict):
     temperature: NotRequired[float]
     max_tokens: NotRequired[int]
     stop: NotRequired[list[str]]
-    response_format: NotRequired[WireResponseFormat]
+    response_format: NotRequired[WireResponseFormat | WireJsonObjectFormat]
     stream_options: NotRequired[WireStreamOptions]
 
 
