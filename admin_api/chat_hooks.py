@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from admin_api.endpoint import Ctx, endpoint
-from admin_api.problems import Unavailable
+from admin_api.problems import NotFound
 from admin_api.state import SERVICES
 
 routes = web.RouteTableDef()
@@ -22,7 +22,7 @@ async def _forward(ctx: Ctx, platform: str) -> web.StreamResponse:
     extra = ctx.request.app[SERVICES].extra or {}
     adapter = (extra.get("chat") or {}).get(platform)
     if adapter is None:
-        raise Unavailable(f"{platform} HTTP mode is not configured in this daemon (no {platform} bot token)")
+        raise NotFound(f"{platform} HTTP mode is not configured in this daemon (no {platform} bot token)")
     body = await ctx.request.content.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
         return web.Response(status=413, text="request body too large")

@@ -358,7 +358,7 @@ async def test_http_mode_through_the_admin_api_route(fake_slack: FakeSlack, core
             forged = dict(signed_headers(body), **{"X-Slack-Signature": "v0=" + "1" * 64})
             assert (await client.post("/slack/events", data=body, headers=forged)).status == 401
             not_configured = await client.post("/discord/interactions", data=b"{}")
-            assert not_configured.status == 503
+            assert not_configured.status == 404
             assert not_configured.headers["Content-Type"].startswith("application/problem+json")
         finally:
             await platform.wait_idle()
