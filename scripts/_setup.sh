@@ -10,11 +10,16 @@ say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 
 ensure_venv() {
     if [ ! -x "$PY" ]; then
-        local base
-        base="$(command -v python3.12 || command -v python3.11 || command -v python3 || true)"
-        [ -n "$base" ] || { echo "error: python3 (>= 3.11) not found; install it first" >&2; exit 2; }
-        "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-            || { echo "error: $base is older than Python 3.11" >&2; exit 2; }
+        local base="" candidate
+        # The first interpreter that actually runs and is 3.11+ (pyenv shims may exist without one).
+        for candidate in python3.13 python3.12 python3.11 python3; do
+            if command -v "$candidate" >/dev/null 2>&1 \
+                && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+                base="$(command -v "$candidate")"
+                break
+            fi
+        done
+        [ -n "$base" ] || { echo "error: no Python 3.11 or newer found; install it first" >&2; exit 2; }
         say "creating virtualenv in $VENV"
         "$base" -m venv "$VENV"
         "$PY" -m pip install --quiet --upgrade pip
