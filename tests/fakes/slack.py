@@ -10,6 +10,7 @@ the SDK's ack with `await fake.wait_ack(envelope_id)`. Every Web API call is rec
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import itertools
 import json
@@ -47,16 +48,16 @@ class SlackMessageState:
     streaming: bool = False
 
 
-class LoopbackServer:
+class LoopbackServer(abc.ABC):
     """An aiohttp app on 127.0.0.1 with a free port; start/close or `async with`."""
 
     def __init__(self) -> None:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
+    @abc.abstractmethod
     def build_app(self) -> web.Application:
         """Subclasses return their routes."""
-        raise NotImplementedError
 
     @property
     def url(self) -> str:

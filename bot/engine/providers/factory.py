@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from bot.engine.providers._http import HttpTimeouts
 from bot.engine.providers.port import LLMProvider, ProviderError, ProviderKind
 
 KINDS: tuple[ProviderKind, ...] = ("lmstudio", "ollama", "openai_compatible", "embedded")
+
+
+# Server kind -> client class, imported only when a provider of that kind is built.
+_CLIENTS = {
+    "lmstudio": "bot.engine.providers.lmstudio:LMStudioProvider",
+    "ollama": "bot.engine.providers.ollama:OllamaProvider",
+    "openai_compatible": "bot.engine.providers.openai_compat:OpenAICompatProvider",
+}
 
 
 def build_provider(
@@ -36,10 +45,11 @@ def build_provider(
         raise ProviderError(f"provider {name!r} of kind {kind!r} has no base URL", hint="set its base_url")
     if not base_url.startswith(("http://", "https://")):
         raise ProviderError(f"provider {name!r}: base URL must start with http:// or https://: {base_url!r}")
-    if kind == "lmstudio":
-        from bot.engine.providers.lmstudio import LMStudioProvider
-
-        return LMStudioProvider(
+    client_path = _CLIENTS.get(str(kind))
+    if client_path is not None:
+        module_name, class_name = client_path.split(":")
+        client_class = getattr(importlib.import_module(module_name), class_name)
+        provider: LLMProvider = client_class(
             name=name,
             base_url=base_url,
             api_token=api_token,
@@ -47,26 +57,5 @@ def build_provider(
             timeouts=timeouts,
             models_cache_s=models_cache_s,
         )
-    if kind == "ollama":
-        from bot.engine.providers.ollama import OllamaProvider
-
-        return OllamaProvider(
-            name=name,
-            base_url=base_url,
-            api_token=api_token,
-            is_local=is_local,
-            timeouts=timeouts,
-            models_cache_s=models_cache_s,
-        )
-    if kind == "openai_compatible":
-        from bot.engine.providers.openai_compat import OpenAICompatProvider
-
-        return OpenAICompatProvider(
-            name=name,
-            base_url=base_url,
-            api_token=api_token,
-            is_local=is_local,
-            timeouts=timeouts,
-            models_cache_s=models_cache_s,
-        )
+        return provider
     raise ProviderError(f"unknown provider kind {kind!r}", hint=f"one of: {', '.join(KINDS)}")
