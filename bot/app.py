@@ -215,8 +215,7 @@ class ChatComponent:
                                                 bus=runtime.bus, components={"monitor": runtime.monitor})
         self._platforms = platforms_from_settings(settings, sink=dispatcher.handle_event, registry=registry)
         for platform in self._platforms:
-            await platform.start()
-            runtime.health_checks[f"chat:{platform.name}"] = _always_true
+            await platform.start()  # each reconnects with backoff on its own (bot/platforms/base.py)
         # Slack's and Discord's HTTP modes arrive at the admin API (/slack/events, /discord/interactions).
         runtime.chat_platforms.update({p.name: p for p in self._platforms})
         targets = alert_targets(settings, self._platforms)
@@ -255,11 +254,6 @@ class ChatComponent:
             await self._relay.stop()
         for platform in reversed(self._platforms):
             await platform.stop()
-
-
-async def _always_true() -> bool:
-    """Chat connections reconnect by themselves (with backoff); they never make the daemon unhealthy."""
-    return True
 
 
 class AdminApiComponent:
