@@ -19,7 +19,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.fakes.slack import LoopbackServer, wait_until
+from tests.fakes._loopback import LoopbackServer
+from tests.fakes.slack import wait_until
 
 APPLICATION_ID = "900000000000000001"
 BOT_USER_ID = "900000000000000002"

@@ -22,9 +22,11 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.fakes._loopback import LoopbackServer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -74,18 +76,17 @@ class HubCall:
     at: float = field(default_factory=time.monotonic)
 
 
-class FakeHub:
+class FakeHub(LoopbackServer):
     """A hub peer on 127.0.0.1, port 0."""
 
     def __init__(self, *, token: str | None = None) -> None:
+        super().__init__()
         self.repos: dict[str, dict[str, HubEntry]] = {}
         self.token = token
         self.recorded: list[HubCall] = []
         self.cut_after_bytes: int | None = None
         self.ignore_range = False
         self.paths_info_enabled = True
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     def add_file(
         self, repo: str, path: str, content: bytes, *, lfs: bool = True, served: bytes | None = None
@@ -99,13 +100,7 @@ class FakeHub:
         """Requests that arrived, optionally of one kind."""
         return [call for call in self.recorded if kind is None or call.kind == kind]
 
-    @property
-    def url(self) -> str:
-        if self._port is None:
-            raise RuntimeError("fake hub not started")
-        return f"http://127.0.0.1:{self._port}"
-
-    def _app(self) -> web.Application:
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/api/models/{owner}/{name}/paths-info/{revision}", self._paths_info)
         app.router.add_get("/api/models/{owner}/{name}/tree/{revision}", self._tree)
@@ -207,27 +202,3 @@ class FakeHub:
             await response.write(payload[offset : offset + 64 * 1024])
         await response.write_eof()
         return response
-
-    async def start(self) -> Self:
-        """Serve on a free loopback port."""
-        runner = web.AppRunner(self._app(), shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self._port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._runner = runner
-        return self
-
-    async def close(self) -> None:
-        """Stop serving."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

@@ -10,7 +10,6 @@ the SDK's ack with `await fake.wait_ack(envelope_id)`. Every Web API call is rec
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import itertools
 import json
@@ -18,10 +17,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
+
+from tests.fakes._loopback import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -46,47 +47,6 @@ class SlackMessageState:
     versions: list[str] = field(default_factory=list)
     update_times: list[float] = field(default_factory=list)
     streaming: bool = False
-
-
-class LoopbackServer(abc.ABC):
-    """An aiohttp app on 127.0.0.1 with a free port; start/close or `async with`."""
-
-    def __init__(self) -> None:
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    @abc.abstractmethod
-    def build_app(self) -> web.Application:
-        """Subclasses return their routes."""
-
-    @property
-    def url(self) -> str:
-        """http://127.0.0.1:<port>."""
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> Self:
-        """Bind and serve."""
-        runner = web.AppRunner(self.build_app(), shutdown_timeout=0.2)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        self._runner = runner
-        return self
-
-    async def close(self) -> None:
-        """Stop serving."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 async def wait_until(condition: Callable[[], bool], *, timeout: float = 5.0, what: str = "condition") -> None:
