@@ -257,6 +257,26 @@ async def test_broken_stream_continues_on_another_server_seamlessly(
     ]
 
 
+async def test_after_every_server_failed_once_the_retry_rotates_instead_of_repeating_the_last(
+    servers: tuple[FakeOpenAICompat, FakeOpenAICompat],
+) -> None:
+    # The first server answers 503 once; the second breaks every stream. The third attempt must go back
+    # to the first server (failed longest ago), not to the one whose stream just broke.
+    flaky, breaking = servers
+    flaky.script("m", answer=ANSWER, fail_status=503, fail_times=1)
+    breaking.script("m", answer=ANSWER, drop_after_tokens=3)
+    clients = [provider("flaky", flaky), provider("breaking", breaking)]
+    router = Router(
+        deployments=[Deployment(provider=c, model="m", weight=w) for c, w in zip(clients, (10, 1), strict=True)],
+        config=RouterConfig(backoff_base_s=0.01, backoff_max_s=0.02),
+    )
+    text, _ = await collect(router, request())
+    assert text == ANSWER
+    assert len(flaky.calls(CHAT)) == 2
+    assert len(breaking.calls(CHAT)) == 1
+    assert flaky.calls(CHAT)[1].body["messages"][-1] == {"role": "assistant", "content": "Alpha beta gamma "}
+
+
 async def test_server_error_event_midway_continues_on_the_fallback_model(
     servers: tuple[FakeOpenAICompat, FakeOpenAICompat],
 ) -> None:

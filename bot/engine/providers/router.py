@@ -591,8 +591,10 @@ class Router:
         ]
         if not healthy:
             return None
-        fresh = [d for d in healthy if d.id not in tried]
-        pool = fresh or sorted(healthy, key=lambda d: tried.get(d.id, 0))[:1]
+        # The least-failed deployments for this request; among equals, load and then the one picked
+        # longest ago win, so a retry rotates to another server instead of re-asking the one that failed.
+        fewest = min(tried.get(d.id, 0) for d in healthy)
+        pool = [d for d in healthy if tried.get(d.id, 0) == fewest]
 
         def load(deployment: Deployment) -> tuple[float, float, float]:
             state = self._state(deployment)
