@@ -307,7 +307,7 @@ def _bind(spec: CommandSpec, tokens: list[Token], text: str) -> dict[str, Any]:
                 index += 1
                 continue
             if not at_text:
-                raise UsageError("usage.unknown_option", option=f"--{key}"[:40])
+                raise UsageError("usage.unknown_option", option=f"--{_echo(key)}")
         if at_text:
             # The rest of the line, verbatim (quotes and spacing kept), minus trailing options.
             rest = _strip_trailing_options(text[token.start :], tokens[index:], options)
@@ -324,7 +324,7 @@ def _bind(spec: CommandSpec, tokens: list[Token], text: str) -> dict[str, Any]:
         words.append(token)
         index += 1
     if len(words) > len(positional):
-        raise UsageError("usage.too_many", extra=words[len(positional)].value[:40])
+        raise UsageError("usage.too_many", extra=_echo(words[len(positional)].value))
     for param, word in zip(positional, words, strict=False):
         args[param.name] = _convert(param, word.value)
     for param in positional[len(words) :]:
@@ -334,6 +334,17 @@ def _bind(spec: CommandSpec, tokens: list[Token], text: str) -> dict[str, Any]:
         if param.required and args[param.name] is None:
             raise UsageError("usage.missing", param=f"--{param.name}")
     return args
+
+
+def _echo(value: str) -> str:
+    """What of a rejected word a usage message may repeat: short plain words only.
+
+    A user who pastes a token where an option or a number belongs must not see it posted back
+    in a channel; anything long or key-shaped (letters mixed with digits) is shown as "…".
+    """
+    plain = value.isascii() and all(ch.isalnum() or ch in "._-" for ch in value)
+    key_shaped = len(value) >= 12 and any(ch.isdigit() for ch in value) and any(ch.isalpha() for ch in value)
+    return value if value and len(value) <= 24 and plain and not key_shaped else "…"
 
 
 def _strip_trailing_options(rest: str, tokens: list[Token], options: Mapping[str, Param]) -> str:
@@ -353,7 +364,7 @@ def _convert(param: Param, raw: str) -> Any:
         try:
             value = int(raw)
         except ValueError:
-            raise UsageError("usage.not_a_number", param=param.name, value=raw[:40]) from None
+            raise UsageError("usage.not_a_number", param=param.name, value=_echo(raw)) from None
         if param.minimum is not None and value < param.minimum:
             raise UsageError("usage.too_small", param=param.name, minimum=param.minimum)
         if param.maximum is not None and value > param.maximum:

@@ -97,6 +97,18 @@ def test_parse_validates_and_gives_usage() -> None:
     assert caught.value.usage is not None and caught.value.usage.startswith("/logs")
 
 
+def test_usage_errors_never_repeat_a_pasted_token() -> None:
+    registry = build_registry()
+    token = "xoxb-1234567890-abcdefghijkl"
+    for name, text in (("logs", f"--{token} 1"), ("logs", f"--limit {token}"), ("alerts", f"ack 1 {token}")):
+        with pytest.raises(UsageError) as caught:
+            registry.parse(name, text)
+        assert token not in str(caught.value.params) and "1234567890" not in str(caught.value.params)
+    with pytest.raises(UsageError) as caught:
+        registry.parse("logs", "--bogus 1")
+    assert caught.value.params["option"] == "--bogus"  # short plain words are still shown
+
+
 def test_registry_refuses_bad_registrations() -> None:
     registry = CommandRegistry()
 
