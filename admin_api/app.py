@@ -70,7 +70,7 @@ def create_app(
     app[LIMITER] = RateLimiter(rate_per_second=options.rate_per_second, burst=options.burst)
     app[METRICS] = ApiMetrics()
     app[DOC_CACHE] = {}
-    reader = Reader(session_factory.kw["bind"])
+    reader = Reader(session_factory.kw["bind"], totals_ttl=options.count_cache_seconds)
     app[READER] = reader
 
     async def _close_reader(_app: web.Application) -> None:

@@ -6,6 +6,8 @@ keeps the exposition to what this daemon measures.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -13,6 +15,7 @@ class ApiMetrics:
     """Request counts and latencies per route, plus gauges refreshed when /metrics is scraped."""
 
     def __init__(self) -> None:
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "orchestrator_http_requests", "Admin API requests by route and status",
@@ -57,6 +60,11 @@ class ApiMetrics:
         )
 
     def observe(self, *, method: str, route: str, status: int, seconds: float) -> None:
-        """Record one finished request."""
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        """Record one finished request (label children are looked up once, then reused)."""
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(method, route, str(status)),
+                                              self.latency.labels(method, route))
+        children[0].inc()
+        children[1].observe(seconds)

@@ -1,10 +1,11 @@
-"""The middleware chain, outermost first: request id → access log → metrics → CORS → problem boundary
-→ auth → rate limit. Each is one small function; `chain(options)` returns them in order.
+"""The middleware chain, outermost first: request id → metrics and access log → CORS → problem
+boundary → auth → rate limit. Each is one small function; `chain(options)` returns them in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import time
@@ -31,6 +32,10 @@ from bot.logs import get_logger
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Request ids need to be unique, not secret: a random per-process prefix and a counter (32 hex
+# characters, like a UUID) cost a fraction of uuid4's read of os.urandom per request.
+_ID_PREFIX = uuid.uuid4().hex[:20]
+_ID_COUNTER = itertools.count(1)
 _access_stdlib = logging.getLogger("admin_api.access")
 _access_log = get_logger("admin_api.access")
 _log = get_logger(__name__)
@@ -46,7 +51,7 @@ def route_label(request: web.Request) -> str:
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Adopt a sane incoming X-Request-ID or mint one; echo it and bind it to every log line."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if incoming and _REQUEST_ID_OK.match(incoming) else f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
     request[REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
@@ -58,8 +63,10 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 
 
 @web.middleware
-async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One structured line per request: method, route, status, duration, caller (never the query)."""
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Metrics (count and latency per route pattern) and one structured access-log line per request:
+    method, route, status, duration, caller — never the query. One middleware, one clock read each way.
+    """
     started = time.perf_counter()
     status = 500
     try:
@@ -67,34 +74,21 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         status = response.status
         return response
     finally:
+        elapsed = time.perf_counter() - started
+        route = route_label(request)
+        request.app[METRICS].observe(method=request.method, route=route, status=status, seconds=elapsed)
         if _access_stdlib.isEnabledFor(logging.INFO):
             principal = request.get(PRINCIPAL)
             _access_log.info(
                 "http.request",
                 method=request.method,
                 path=request.path,
-                route=route_label(request),
+                route=route,
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
                 token_id=principal.token_id if principal else None,
                 remote=request.remote,
             )
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count requests and time them per route pattern."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
-        request.app[METRICS].observe(
-            method=request.method, route=route_label(request), status=status,
-            seconds=time.perf_counter() - started,
-        )
 
 
 def _problem_from_http(exc: web.HTTPException) -> ApiProblem:
@@ -201,7 +195,7 @@ def cors_middleware(origins: tuple[str, ...]) -> Middleware:
 
 def chain(options: ApiOptions) -> list[Middleware]:
     """The middlewares in order, CORS only when origins are configured."""
-    middlewares: list[Middleware] = [request_id_middleware, access_log_middleware, metrics_middleware]
+    middlewares: list[Middleware] = [request_id_middleware, observe_middleware]
     if options.cors_origins:
         middlewares.append(cors_middleware(options.cors_origins))
     middlewares += [problem_middleware, auth_middleware, rate_limit_middleware]

@@ -3,19 +3,21 @@
 start:    the caller names a credential holding the OAuth client (client_id, client_secret). We
           store a one-time state (only its SHA-256) with the PKCE verifier sealed by the vault, the
           exact redirect URI and the expected issuer, then redirect to the authorization server.
+          The flow itself is built in bot/oauth_flow.py, which chat's /connect uses too.
+authorize: the link /connect hands a chat user: no token, the one-time state is the
+          authentication; it redirects to the authorization server for that stored flow.
 callback: the state is consumed atomically (a second use finds nothing), the issuer is checked
           (RFC 9207), the code is exchanged with the verifier at the template's token URL, and the
-          token set is sealed into the credential. Any failure stores nothing.
+          token set is sealed into the credential. Any failure stores nothing. The outcome is
+          published on the event bus (topic "credential", with the flow id) so a chat that started
+          the flow can tell its person.
 """
 
 from __future__ import annotations
 
-import hashlib
 import html
-import secrets
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 from aiohttp import web
@@ -24,6 +26,7 @@ from sqlalchemy import select, update
 
 from admin_api.endpoint import Ctx, endpoint
 from admin_api.problems import (
+    ApiProblem,
     Conflict,
     InsufficientScope,
     NotFound,
@@ -36,9 +39,18 @@ from admin_api.problems import (
 from admin_api.resources.credentials import open_secret, seal_secret, vault_of
 from admin_api.state import BUS, OPTIONS, SERVICES, SESSIONS, SETTINGS
 from bot.db.base import utcnow
-from bot.db.models import AuthType, Credential, CredentialStatus, CredentialTemplate, OAuthState
+from bot.db.models import Credential, CredentialStatus, OAuthState
 from bot.events import Event
 from bot.logs import get_logger
+from bot.oauth_flow import (
+    CredentialNotUsable,
+    FlowStateInvalid,
+    NoOAuthTemplate,
+    begin_flow,
+    oauth_template,
+    resume_authorization_url,
+    state_hash,
+)
 
 routes = web.RouteTableDef()
 _log = get_logger(__name__)
@@ -70,14 +82,11 @@ class CallbackQuery(BaseModel):
     error: str | None = Field(default=None, max_length=200)
 
 
-def _hash(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+class AuthorizeQuery(BaseModel):
+    """The one-time state of a flow begun in chat."""
 
-
-def _s256(verifier: str) -> str:
-    from authlib.oauth2.rfc7636 import create_s256_code_challenge
-
-    return str(create_s256_code_challenge(verifier))
+    model_config = ConfigDict(extra="forbid")
+    state: str = Field(min_length=20, max_length=512)
 
 
 def _redirect_uri(ctx: Ctx, service: str) -> str:
@@ -86,12 +95,12 @@ def _redirect_uri(ctx: Ctx, service: str) -> str:
     return f"{base}/oauth/{service}/callback"
 
 
-async def _oauth_template(session: Any, service: str) -> tuple[CredentialTemplate, dict[str, Any]]:
-    template = (await session.execute(
-        select(CredentialTemplate).where(CredentialTemplate.service == service))).scalar_one_or_none()
-    if template is None or template.auth_type != AuthType.OAUTH2 or not template.oauth:
-        raise NotFound(f"no OAuth2 credential template for service {service!r}")
-    return template, dict(template.oauth)
+async def _oauth_template(session: Any, service: str) -> dict[str, Any]:
+    try:
+        _, oauth = await oauth_template(session, service)
+    except NoOAuthTemplate as err:
+        raise NotFound(err.message) from None
+    return oauth
 
 
 @endpoint(routes, "GET", "/oauth/{service}/start", summary="Start an OAuth2 authorisation (302 to the provider)",
@@ -103,7 +112,7 @@ async def start(ctx: Ctx) -> web.Response:
     credential_id = ctx.query_as(StartQuery).credential_id
     vault = vault_of(ctx)
     async with ctx.request.app[SESSIONS]() as session:
-        _, oauth = await _oauth_template(session, service)
+        await _oauth_template(session, service)
         credential = await session.get(Credential, credential_id)
         if credential is None or credential.service != service:
             raise NotFound(f"no {service} credential with id {credential_id}")
@@ -111,36 +120,38 @@ async def start(ctx: Ctx) -> web.Response:
         assert principal is not None
         if credential.user_id != principal.user_id and not principal.has("admin"):
             raise InsufficientScope("only the credential's owner or an admin may authorise it")
-        if credential.revoked_at is not None:
-            raise Conflict("the credential is revoked")
-        client_id = open_secret(vault, credential).get("client_id")
-        if not client_id:
-            raise Conflict("the credential has no client_id; store the OAuth client's id and secret first")
-        state = secrets.token_urlsafe(32)
-        verifier = secrets.token_urlsafe(64)
-        redirect_uri = _redirect_uri(ctx, service)
-        expires_at = utcnow() + timedelta(seconds=ctx.request.app[OPTIONS].oauth_state_ttl_seconds)
-        row = OAuthState(
-            state_hash=_hash(state), user_id=credential.user_id, service=service, credential_id=credential.id,
-            code_verifier_blob=b"", redirect_uri=redirect_uri, issuer=oauth.get("issuer"),
-            scopes=list(oauth.get("scopes") or []), expires_at=expires_at,
-        )
-        session.add(row)
-        await session.flush()  # the row id binds the sealed verifier; committed together below
-        row.code_verifier_blob = vault.seal(verifier, table="oauth_states", column="code_verifier_blob",
-                                            row_id=row.id)
-        await session.commit()
-    params = {
-        "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "state": state,
-        "code_challenge": _s256(verifier), "code_challenge_method": "S256",
-    }
-    if row.scopes:
-        params["scope"] = str(oauth.get("scope_separator") or " ").join(row.scopes)
-    params.update({str(k): str(v) for k, v in (oauth.get("extra_authorize_params") or {}).items()})
-    url = f"{oauth['authorize_url']}{'&' if '?' in oauth['authorize_url'] else '?'}{urlencode(params)}"
-    body = StartResult(authorization_url=url, expires_at=expires_at.isoformat())
+        try:
+            started = await begin_flow(session, vault=vault, service=service, credential=credential,
+                                       redirect=_redirect_uri(ctx, service),
+                                       ttl_s=ctx.request.app[OPTIONS].oauth_state_ttl_seconds)
+        except CredentialNotUsable as err:
+            raise Conflict(err.message) from None
+    body = StartResult(authorization_url=started.authorization_url, expires_at=started.expires_at.isoformat())
     return web.Response(status=302, body=body.model_dump_json().encode(), content_type="application/json",
-                        headers={"Location": url, "Cache-Control": "no-store"})
+                        headers={"Location": started.authorization_url, "Cache-Control": "no-store"})
+
+
+@endpoint(routes, "GET", "/oauth/{service}/authorize", summary="Open an authorisation begun in chat (302)",
+          tag=TAG, scope=None, query=AuthorizeQuery, response=StartResult, status=302,
+          problems=(OAuthStateInvalid, NotFound, Conflict, Unavailable),
+          description="The link `/connect` sends a chat user privately. No token: the one-time state "
+                      "(unknown, expired or used ones are refused) names the stored flow, whose sealed PKCE "
+                      "verifier rebuilds the authorization server's URL.")
+async def authorize(ctx: Ctx) -> web.Response:
+    """Redirect a chat user's browser to the authorization server for their stored flow."""
+    service = ctx.request.match_info["service"]
+    state = ctx.query_as(AuthorizeQuery).state
+    vault = vault_of(ctx)
+    async with ctx.request.app[SESSIONS]() as session:
+        try:
+            url = await resume_authorization_url(session, vault=vault, service=service, state=state)
+        except FlowStateInvalid as err:
+            raise OAuthStateInvalid(err.message) from None
+        except NoOAuthTemplate as err:
+            raise NotFound(err.message) from None
+        except CredentialNotUsable as err:
+            raise Conflict(err.message) from None
+    return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
 
 
 async def _consume(ctx: Ctx, service: str, state: str) -> OAuthState:
@@ -149,7 +160,7 @@ async def _consume(ctx: Ctx, service: str, state: str) -> OAuthState:
     async with ctx.request.app[SESSIONS]() as session:
         claimed = await session.execute(
             update(OAuthState)
-            .where(OAuthState.state_hash == _hash(state), OAuthState.consumed_at.is_(None),
+            .where(OAuthState.state_hash == state_hash(state), OAuthState.consumed_at.is_(None),
                    OAuthState.expires_at > now, OAuthState.service == service)
             .values(consumed_at=now)
         )
@@ -157,7 +168,7 @@ async def _consume(ctx: Ctx, service: str, state: str) -> OAuthState:
         if getattr(claimed, "rowcount", 0) != 1:
             raise OAuthStateInvalid("the state is unknown, expired or already used; start the authorisation again")
         row = (await session.execute(
-            select(OAuthState).where(OAuthState.state_hash == _hash(state)))).scalar_one()
+            select(OAuthState).where(OAuthState.state_hash == state_hash(state)))).scalar_one()
     return row
 
 
@@ -198,6 +209,17 @@ async def callback(ctx: Ctx) -> web.Response:
         raise OAuthStateInvalid("the callback has no state")
     vault = vault_of(ctx)
     flow = await _consume(ctx, service, query.state)
+    try:
+        return await _complete(ctx, service, query, flow, vault)
+    except ApiProblem as problem:  # expected: tell a chat that started this flow, then answer the browser
+        ctx.request.app[BUS].publish(Event(topic="credential", kind="oauth_failed", payload={
+            "flow_id": flow.id, "service": service, "user_id": flow.user_id, "reason": problem.detail[:300]}))
+        raise
+
+
+async def _complete(ctx: Ctx, service: str, query: CallbackQuery, flow: OAuthState, vault: Any) -> web.Response:
+    """After the state is consumed: check the answer, exchange the code, seal the tokens."""
+    assert query.state is not None
     if query.error:
         raise OAuthDenied(f"the authorization server answered {query.error[:100]!r}")
     if flow.issuer and query.iss != flow.issuer:
@@ -206,7 +228,7 @@ async def callback(ctx: Ctx) -> web.Response:
     if not query.code:
         raise OAuthDenied("the callback has no authorization code")
     async with ctx.request.app[SESSIONS]() as session:
-        _, oauth = await _oauth_template(session, service)
+        oauth = await _oauth_template(session, service)
         credential = await session.get(Credential, flow.credential_id) if flow.credential_id else None
         if credential is None:
             raise OAuthStateInvalid("the credential this flow was for no longer exists")
@@ -235,7 +257,8 @@ async def callback(ctx: Ctx) -> web.Response:
         await session.commit()
     ctx.request.app[BUS].publish(Event(topic="credential", kind="oauth_connected",
                                        payload={"credential_id": credential.id, "service": service,
-                                                "user_id": credential.user_id}))
+                                                "user_id": credential.user_id, "flow_id": flow.id,
+                                                "credential_name": credential.name}))
     notifier = ctx.request.app[SERVICES].notifier
     if notifier is not None:
         await notifier(user_id=credential.user_id, text=f"{service} is connected (credential {credential.name!r}).")

@@ -12,6 +12,7 @@
     ├── UnsupportedMediaType   415  the body is not application/json
     ├── ValidationFailed       422  the body or query does not match the schema
     ├── ReferenceNotFound      422  a referenced id does not exist
+    ├── SourceRefused          422  a knowledge source's location is not allowed (private host, outside roots)
     ├── OAuthStateInvalid      400  callback state missing, unknown, expired or reused
     ├── OAuthIssuerMismatch    400  callback `iss` is not the expected issuer (RFC 9207)
     ├── OAuthDenied            400  the authorization server returned an error
@@ -140,6 +141,12 @@ class ReferenceNotFound(ApiProblem):
     status, slug, title = 422, "reference-not-found", "Referenced resource not found"
 
 
+class SourceRefused(ApiProblem):
+    """A knowledge source's definition is not allowed here (kind, host or path); fix the source."""
+
+    status, slug, title = 422, "source-refused", "Knowledge source refused"
+
+
 class OAuthStateInvalid(ApiProblem):
     """The OAuth callback's state is missing, unknown, expired or already used."""
 
@@ -190,7 +197,8 @@ class InternalError(ApiProblem):
 
 ALL_PROBLEMS: tuple[type[ApiProblem], ...] = (
     MalformedRequest, InvalidCursor, Unauthenticated, InsufficientScope, NotFound, MethodNotAllowed,
-    Conflict, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, ReferenceNotFound, RateLimited,
+    Conflict, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, ReferenceNotFound, SourceRefused,
+    RateLimited,
     OAuthStateInvalid, OAuthIssuerMismatch, OAuthDenied, OAuthExchangeFailed,
     UpstreamFailed, Unavailable, InternalError,
 )

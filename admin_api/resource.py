@@ -9,17 +9,17 @@ that exists, or the request fails with 422 reference-not-found before anything i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from enum import Enum
 from functools import cached_property
 from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, create_model
-from sqlalchemy import ColumnElement, func, inspect, select
+from sqlalchemy import ColumnElement, String, bindparam, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -33,6 +33,7 @@ from admin_api.problems import (
     ReferenceNotFound,
     ValidationFailed,
 )
+from admin_api.projection import sqlite_json_projection
 from admin_api.state import READER, SESSIONS
 from bot.db.base import Base
 
@@ -119,6 +120,29 @@ class Resource:
         return rows[0]
 
     @cached_property
+    def json_row(self) -> ColumnElement[Any] | None:
+        """SQLite json_object() rendering a row exactly as the Read model would (None: not possible)."""
+        if self.to_read is not None:
+            return None
+        return sqlite_json_projection(self.read, self.model, self.columns)
+
+    @property
+    def table(self) -> str:
+        """The table behind the resource (the key of its cached totals)."""
+        return str(self.model.__tablename__)
+
+    async def fetch_one_json(self, ctx: Ctx, row_id: int) -> bytes | None:
+        """One row rendered as JSON by SQLite (404 if absent), or None where that path does not apply."""
+        reader = ctx.request.app[READER]
+        if not reader.inline_sqlite or self.json_row is None:
+            return None
+        rows = reader.run_cached(("get", self.name), lambda: select(self.json_row).where(  # type: ignore[arg-type]
+            self.pk == bindparam("row_id", type_=self.pk.type)), {"row_id": row_id})
+        if not rows:
+            raise NotFound(f"no {self.label} with id {row_id}")
+        return str(rows[0][0]).encode()
+
+    @cached_property
     def items_adapter(self) -> TypeAdapter[list[Any]]:
         """Validates and dumps a page of rows in one call."""
         return TypeAdapter(list[self.read])  # type: ignore[name-defined]
@@ -198,21 +222,101 @@ def _python_type(attribute: InstrumentedAttribute[Any]) -> type:
     return python_type
 
 
+def _filter_value(spec: Filter, value: Any) -> Any:
+    if spec.op == "contains":
+        escaped = str(value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return f"%{escaped}%"
+    return value
+
+
+def _bound_filters(resource: Resource, names: Sequence[str]) -> list[ColumnElement[bool]]:
+    """The filter clauses with named bind parameters (one compiled statement serves every value)."""
+    clauses: list[ColumnElement[bool]] = []
+    for name in names:
+        spec = resource.filters[name]
+        column = resource.attr(spec.column)
+        if spec.op == "contains":
+            clauses.append(column.like(bindparam(f"f_{name}", type_=String()), escape="\\"))
+            continue
+        parameter = bindparam(f"f_{name}", type_=column.type)
+        clauses.append(column == parameter if spec.op == "eq" else column >= parameter if spec.op == "ge"
+                       else column <= parameter)
+    return clauses
+
+
+def _json_page(resource: Resource, query: Any, reader: Any) -> tuple[list[Any], int]:
+    """A page of (json, sort value, id) rows and the total, on SQLite's raw connection.
+
+    Statements are built with bind parameters and compiled once per shape (sort, filters used,
+    cursor or not); the values of each request are bound at execution.
+    """
+    sort: str = query.sort
+    descending = sort.startswith("-")
+    column = resource.attr(sort.lstrip("-"))
+    pk = resource.pk
+    names = tuple(name for name in resource.filters if getattr(query, name) is not None)
+    values: dict[str, Any] = {f"f_{name}": _filter_value(resource.filters[name], getattr(query, name))
+                              for name in names}
+    has_cursor = query.cursor is not None
+    if has_cursor:
+        value, row_id = decode_cursor(query.cursor, sort=sort, python_type=_python_type(column))
+        if value is None and column is not pk:
+            raise InvalidCursor("the cursor is not one this API issued")
+        values.update(c_value=value if column is not pk else row_id, c_id=row_id)
+
+    def build() -> Any:
+        statement = select(resource.json_row.label("_json"), column.label("_sort"),  # type: ignore[union-attr]
+                           pk.label("_id")).where(*_bound_filters(resource, names))
+        if has_cursor:
+            row_param: Any = bindparam("c_id", type_=pk.type)
+            statement = statement.where(after_cursor(
+                column, pk, value=bindparam("c_value", type_=column.type), row_id=row_param, descending=descending))
+        orders = [column.desc(), pk.desc()] if descending else [column.asc(), pk.asc()]
+        return statement.order_by(*(orders[:1] if column is pk else orders)).limit(bindparam("page_limit"))
+
+    rows = reader.run_cached(("list", resource.name, sort, names, has_cursor), build,
+                             {**values, "page_limit": query.limit + 1})
+    key = tuple((name, str(getattr(query, name))) for name in names)
+    total = reader.cached_total(resource.table, key)
+    if total is None:
+        (counted,) = reader.run_cached(
+            ("count", resource.name, names),
+            lambda: select(func.count()).select_from(resource.model).where(*_bound_filters(resource, names)),
+            {name: value for name, value in values.items() if name.startswith("f_")})
+        total = int(counted[0])
+        reader.remember_total(resource.table, key, total)
+    return rows, total
+
+
+def _total_key(resource: Resource, query: BaseModel) -> tuple[Any, ...]:
+    return tuple((name, str(getattr(query, name))) for name in resource.filters if getattr(query, name) is not None)
+
+
 async def list_rows(ctx: Ctx, resource: Resource, *, extra_where: Sequence[ColumnElement[bool]] = ()) -> web.Response:
     """Run a paged, filtered, sorted list and answer with the page, a total and Link headers.
 
     Reads go through Core on one connection, not the ORM: lists are the hot path, and plain rows
-    skip identity-map bookkeeping. (A window `count(*) over ()` would save a round trip but makes
-    SQLite materialise every matching row; a separate COUNT is far cheaper.)
+    skip identity-map bookkeeping. On SQLite, rows of plain Read models come out of the database
+    already as JSON (admin_api.projection). The total is counted once per filter set and kept
+    briefly (Reader.cached_total); a client paging through a table does not recount per page.
     """
     query = ctx.query
+    reader = ctx.request.app[READER]
+    if reader.inline_sqlite and resource.json_row is not None and not extra_where:
+        page, counted_total = _json_page(resource, query, reader)
+        return _page_response(ctx, query, page, counted_total, _python_type(resource.attr(query.sort.lstrip("-"))))
     sort: str = query.sort
     descending = sort.startswith("-")
     sort_name = sort.lstrip("-")
     column = resource.attr(sort_name)
     pk = resource.pk
     where = [*resource.filter_clauses(query), *extra_where]
-    statement = select(*resource.columns_selected).where(*where)
+    as_json = reader.inline_sqlite and resource.json_row is not None
+    if as_json:
+        statement = select(resource.json_row.label("_json"), column.label("_sort"), pk.label("_id"))  # type: ignore[union-attr]
+    else:
+        statement = select(*resource.columns_selected)
+    statement = statement.where(*where)
     if query.cursor is not None:
         value, row_id = decode_cursor(query.cursor, sort=sort, python_type=_python_type(column))
         if value is None and column is not pk:
@@ -222,26 +326,67 @@ async def list_rows(ctx: Ctx, resource: Resource, *, extra_where: Sequence[Colum
     if column is pk:
         orders = orders[:1]
     statement = statement.order_by(*orders).limit(query.limit + 1)
-    count_statement = select(func.count()).select_from(resource.model).where(*where)
-    rows, counted = await ctx.request.app[READER].rows(statement, count_statement)
-    total = int(counted[0][0])
+    total_key = _total_key(resource, query) if not extra_where else None
+    total = reader.cached_total(resource.table, total_key) if total_key is not None else None
+    if total is None:
+        rows, counted = await reader.rows(statement, select(func.count()).select_from(resource.model).where(*where))
+        total = int(counted[0][0])
+        if total_key is not None:
+            reader.remember_total(resource.table, total_key, total)
+    else:
+        (rows,) = await reader.rows(statement)
     next_cursor = None
     if len(rows) > query.limit:
         rows = rows[: query.limit]
         last = rows[-1]
-        next_cursor = encode_cursor(sort=sort, value=getattr(last, column.key), row_id=last.id)
-    if resource.to_read is None:
+        if as_json:
+            next_cursor = encode_cursor(sort=sort, value=last[1], row_id=last[2])
+        else:
+            next_cursor = encode_cursor(sort=sort, value=getattr(last, column.key), row_id=last.id)
+    if as_json:
+        items = ("[" + ",".join([row[0] for row in rows]) + "]").encode()
+    elif resource.to_read is None:
         # One call into pydantic-core for the whole page: rows validated and dumped in Rust.
         adapter = resource.items_adapter
         items = adapter.dump_json(adapter.validate_python(rows, from_attributes=True))
     else:
         items = b"[" + b",".join(resource.serialise(row).model_dump_json().encode() for row in rows) + b"]"
-    tail = json.dumps({"total": total, "limit": query.limit, "next_cursor": next_cursor}).encode()
+    cursor_json = "null" if next_cursor is None else f'"{next_cursor}"'
+    tail = f',"total":{total},"limit":{query.limit},"next_cursor":{cursor_json}}}'.encode()
     return web.Response(
-        body=b'{"items":' + items + b"," + tail[1:],
+        body=b'{"items":' + items + tail,
         content_type="application/json",
         headers={"Link": link_header(ctx.request.rel_url, next_cursor=next_cursor), "X-Total-Count": str(total)},
     )
+
+
+def _page_response(ctx: Ctx, query: Any, rows: list[Any], total: int, sort_type: type) -> web.Response:
+    """The list answer for rows of (json, sort value, id)."""
+    next_cursor = None
+    if len(rows) > query.limit:
+        rows = rows[: query.limit]
+        last = rows[-1]
+        next_cursor = encode_cursor(sort=query.sort, value=_cursor_value(last[1], sort_type), row_id=last[2])
+    cursor_json = "null" if next_cursor is None else f'"{next_cursor}"'
+    body = f'{{"items":[{",".join([row[0] for row in rows])}],"total":{total},"limit":{query.limit},' \
+           f'"next_cursor":{cursor_json}}}'
+    return web.Response(
+        body=body.encode(), content_type="application/json",
+        headers={"Link": link_header(ctx.request.rel_url, next_cursor=next_cursor), "X-Total-Count": str(total)},
+    )
+
+
+def _cursor_value(raw: Any, sort_type: type) -> Any:
+    """The sort value of a raw SQLite row as the typed path gives it (so cursors are identical)."""
+    if raw is None:
+        return None
+    if sort_type is datetime and isinstance(raw, str):
+        return datetime.fromisoformat(raw).replace(tzinfo=UTC)
+    if sort_type is bool:
+        return bool(raw)
+    if sort_type is Decimal:
+        return Decimal(str(raw))
+    return raw
 
 
 async def get_row(session: AsyncSession, resource: Resource, row_id: int) -> Any:
@@ -317,7 +462,10 @@ def crud_routes(resource: Resource, routes: web.RouteTableDef | None = None) -> 
 
     @endpoint(routes, "GET", base + "/{id}", summary=f"Get one {label}", tag=resource.tag,
               scope=resource.read_scope, response=resource.read, problems=(NotFound,))
-    async def get_handler(ctx: Ctx) -> BaseModel:
+    async def get_handler(ctx: Ctx) -> BaseModel | web.Response:
+        rendered = await resource.fetch_one_json(ctx, ctx.path_int())
+        if rendered is not None:
+            return web.Response(body=rendered, content_type="application/json")
         return resource.serialise(await resource.fetch_one(ctx, ctx.path_int()))
 
     if resource.create is not None:
@@ -333,6 +481,7 @@ def crud_routes(resource: Resource, routes: web.RouteTableDef | None = None) -> 
                 row = resource.model(**values)
                 session.add(row)
                 await commit_or_conflict(session, label)
+                ctx.request.app[READER].invalidate(resource.table)
                 await session.refresh(row)
                 if resource.after_create is not None:
                     await resource.after_create(ctx, row)
@@ -354,6 +503,7 @@ def crud_routes(resource: Resource, routes: web.RouteTableDef | None = None) -> 
                 for name, value in values.items():
                     setattr(row, name, value)
                 await commit_or_conflict(session, label)
+                ctx.request.app[READER].invalidate(resource.table)
                 await session.refresh(row)
                 return resource.serialise(row)
 
@@ -365,6 +515,7 @@ def crud_routes(resource: Resource, routes: web.RouteTableDef | None = None) -> 
                 row = await get_row(session, resource, ctx.path_int())
                 await session.delete(row)
                 await commit_or_conflict(session, label)
+                ctx.request.app[READER].invalidate(resource.table)
 
     return routes
 

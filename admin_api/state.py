@@ -29,6 +29,7 @@ class ApiOptions:
     burst: int = 200
     max_body_bytes: int = 1024 * 1024
     token_cache_seconds: float = 5.0
+    count_cache_seconds: float = 2.0  # how long a list's total is reused (writes through the API reset it)
     oauth_state_ttl_seconds: int = 600
 
 

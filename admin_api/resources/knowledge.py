@@ -17,16 +17,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_api.endpoint import Ctx, endpoint
-from admin_api.problems import Conflict, Unavailable, UpstreamFailed, ValidationFailed
+from admin_api.problems import Conflict, NotFound, SourceRefused, Unavailable, UpstreamFailed, ValidationFailed
 from admin_api.resource import ApiModel, Filter, Resource, crud_routes
-from admin_api.resources._common import Id, Key, Name, Timestamps
-from admin_api.state import SERVICES, SESSIONS
+from admin_api.resources._common import Id, JsonObject, Key, Name, Timestamps
+from admin_api.state import READER, SERVICES, SESSIONS, SETTINGS
 from bot.db.models import KnowledgeEntry, KnowledgeSource, SyncStatus
 
 routes = web.RouteTableDef()
@@ -206,14 +206,29 @@ async def search(ctx: Ctx) -> SearchResults:
 crud_routes(ENTRIES, routes)
 
 
+def _source_settings(value: dict[str, Any]) -> dict[str, Any]:
+    interval = value.get("sync_interval_minutes")
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int)
+                                 or not 1 <= interval <= 7 * 24 * 60):
+        raise ValueError("sync_interval_minutes must be a whole number of minutes from 1 to 10080")
+    return value
+
+
+SourceSettings = Annotated[JsonObject, AfterValidator(_source_settings)]
+
+
 class SourceCreate(ApiModel):
-    """Where documents come from."""
+    """Where documents come from; `settings.sync_interval_minutes` makes the daemon sync it on a timer.
+
+    Kinds the daemon synchronises: `url` (an http(s) page or text/markdown file), `file` and
+    `directory` (absolute paths under `[knowledge] allowed_roots`).
+    """
 
     name: Name
     kind: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
     uri: Annotated[str, Field(min_length=1, max_length=1000)]
     credential_id: Id | None = None
-    settings: dict[str, Any] = Field(default_factory=dict)
+    settings: SourceSettings = Field(default_factory=dict)
     is_active: bool = True
 
 
@@ -223,7 +238,7 @@ class SourceUpdate(ApiModel):
     name: Name | None = None
     uri: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
     credential_id: Id | None = None
-    settings: dict[str, Any] | None = None
+    settings: SourceSettings | None = None
     is_active: bool | None = None
 
 
@@ -249,3 +264,61 @@ SOURCES = Resource(
              "is_active": Filter("is_active", bool)},
 )
 crud_routes(SOURCES, routes)
+
+
+class SyncResult(BaseModel):
+    """The source after a successful sync, and what changed in its entries."""
+
+    source: SourceRead
+    documents: int = Field(description="documents fetched")
+    chunks: int = Field(description="distinct chunks stored for the source")
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+    embedded: int = Field(description="chunks embedded in this sync")
+
+
+@endpoint(routes, "POST", "/knowledge-sources/{id}/sync", summary="Fetch a knowledge source and update its entries",
+          tag="knowledge sources", scope="write", response=SyncResult,
+          problems=(NotFound, Conflict, SourceRefused, UpstreamFailed),
+          description="Fetches the source and replaces its entries in one transaction (chunked, deduplicated "
+                      "by content hash, full-text index kept current, embedded when the daemon has an embedder "
+                      "and `[knowledge] embedding_model`). On failure the previous entries stay and the source "
+                      "records `sync_status=failed` and `sync_error`.")
+async def sync_knowledge_source(ctx: Ctx) -> SyncResult:
+    """Run one sync now (the caller waits; fetches are bounded by [knowledge] fetch_timeout_s)."""
+    from bot.knowledge import EmbeddingFailed, FetchFailed, KnowledgeSyncError, SyncInProgress, sync_source
+    from bot.knowledge import SourceRefused as Refused
+
+    source_id = ctx.path_int()
+    app = ctx.request.app
+    async with app[SESSIONS]() as session:
+        source = await session.get(KnowledgeSource, source_id)
+        if source is None:
+            raise NotFound(f"no knowledge source with id {source_id}")
+        if not source.is_active:
+            raise Conflict(f"knowledge source {source_id} is inactive; set is_active=true to sync it")
+        kind = source.kind
+    try:
+        try:
+            report = await sync_source(app[SESSIONS], source_id, settings=app[SETTINGS].knowledge,
+                                       embedder=app[SERVICES].embedder)
+        finally:  # entries and the source's status changed (or may have): list totals are stale
+            app[READER].invalidate(ENTRIES.table, SOURCES.table)
+    except SyncInProgress as err:
+        raise Conflict(err.message) from None
+    except Refused as err:
+        raise SourceRefused(err.message) from None
+    except EmbeddingFailed as err:
+        raise UpstreamFailed(err.message) from None
+    except FetchFailed as err:
+        if kind == "url":
+            raise UpstreamFailed(err.message) from None
+        raise Conflict(f"the source cannot be read: {err.message}") from None
+    except KnowledgeSyncError as err:  # the source vanished between the check and the claim
+        raise NotFound(err.message) from None
+    row = await SOURCES.fetch_one(ctx, source_id)
+    return SyncResult(source=SOURCES.read.model_validate(row, from_attributes=True), documents=report.documents,
+                      chunks=report.chunks, added=report.added, updated=report.updated, removed=report.removed,
+                      unchanged=report.unchanged, embedded=report.embedded)

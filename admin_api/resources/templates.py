@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field, field_validator, model_validator
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_api.endpoint import Ctx, Reply, endpoint
@@ -15,7 +16,8 @@ from admin_api.resource import ApiModel, Filter, Resource, check_references, com
 from admin_api.resources._common import Id, JsonObject, Key, LongText, Name, Priority, ShortKey, Text, Timestamps
 from admin_api.resources.tasks import TASKS, TaskRead, start_planning
 from admin_api.state import SESSIONS
-from bot.db.models import AiTemplate, AiWorkflow, Instruction, InstructionScope, Task, TaskStatus
+from bot.db.models import AiTemplate, AiWorkflow, Instruction, InstructionScope
+from bot.engine.workflows import WorkflowError, new_workflow_task
 
 routes = web.RouteTableDef()
 
@@ -121,6 +123,20 @@ class WorkflowStep(ApiModel):
     specialized_ai_id: Id | None = None
     instructions: Text = ""
     depends_on: Annotated[list[ShortKey], Field(max_length=100)] = Field(default_factory=list)
+    category: ShortKey | None = Field(default=None, description="subtask category; default: the template's or AI's")
+    expected_output: Text = ""
+
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, value: str | None) -> str | None:
+        from bot.engine.schemas import CATEGORIES, CATEGORY_ALIASES
+
+        if value is None:
+            return None
+        lowered = CATEGORY_ALIASES.get(value.lower(), value.lower())
+        if lowered not in CATEGORIES:
+            raise ValueError(f"unknown category; use one of: {', '.join(CATEGORIES)}")
+        return lowered
 
     @model_validator(mode="after")
     def _one_doer(self) -> WorkflowStep:
@@ -211,7 +227,10 @@ class WorkflowExecute(ApiModel):
 
 @endpoint(routes, "POST", "/workflows/{id}/execute", summary="Run a workflow as a new task",
           tag="workflows", scope="write", body=WorkflowExecute, response=TaskRead, status=201,
-          problems=(NotFound, Conflict))
+          problems=(NotFound, Conflict, ValidationFailed),
+          description="The engine plans the task from the workflow's steps (no planner model): each step "
+                      "becomes a subtask; templates are rendered with the input ({input}, or the keys of "
+                      "a JSON object input). A run that cannot go ahead is refused with 422.")
 async def execute_workflow(ctx: Ctx) -> Reply:
     """Create the task the engine will plan from the workflow's steps, and announce it."""
     request = ctx.body_as(WorkflowExecute)
@@ -219,12 +238,18 @@ async def execute_workflow(ctx: Ctx) -> Reply:
         workflow = await get_row(session, WORKFLOWS, ctx.path_int())
         if not workflow.is_active:
             raise Conflict("the workflow is not active")
-        task = Task(
-            user_id=ctx.user_id, title=request.title or workflow.name, description=request.input,
-            priority=request.priority, workflow_id=workflow.id, status=TaskStatus.PENDING,
-            idempotency_key=request.idempotency_key, origin={"platform": "api"},
-        )
-        session.add(task)
+        try:  # the same checks and row as a run started from chat (bot/engine/workflows.py)
+            task = await new_workflow_task(
+                session, workflow_id=workflow.id, input_text=request.input, title=request.title,
+                user_id=ctx.user_id, priority=request.priority, origin={"platform": "api"},
+                idempotency_key=request.idempotency_key,
+            )
+        except WorkflowError as err:
+            raise ValidationFailed(f"the workflow cannot run: {err.message}", extra={"errors": [
+                {"loc": ["body", "input"], "msg": err.message, "type": "workflow_error"}]}) from None
+        except IntegrityError:
+            await session.rollback()
+            raise Conflict("the task conflicts with an existing row (the idempotency key is taken)") from None
         await commit_or_conflict(session, "task")
         await session.refresh(task)
     await start_planning(ctx, task)

@@ -30,6 +30,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ranking": ("bot.cli.task_cmd:ranking", "Rank models by their measured quality."),
     "chat": ("bot.cli.chat_cmd:chat", "Talk to the orchestrator in this terminal."),
     "discord": ("bot.cli.discord_cmd:discord", "Sync Discord slash commands."),
+    "kb": ("bot.cli.knowledge_cmd:kb", "Synchronise knowledge sources."),
+    "accounts": ("bot.cli.accounts_cmd:accounts", "Read external API accounts' credits from their services."),
 }
 
 

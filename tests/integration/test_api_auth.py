@@ -34,8 +34,10 @@ async def test_every_route_requires_a_token_with_its_scope(api: Api) -> None:
     assert len(declared) > 50
     public = {(op.method, op.path) for op in declared if op.scope is None}
     # Slack and Discord sign their requests; the adapters verify them (tests in test_platform_*).
+    # The OAuth callback and /connect's authorize link carry a one-time state instead (test_connect).
     assert public == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/docs"), ("GET", "/oauth/{service}/callback"),
-                      ("POST", "/slack/events"), ("POST", "/discord/interactions")}
+                      ("GET", "/oauth/{service}/authorize"), ("POST", "/slack/events"),
+                      ("POST", "/discord/interactions")}
     for op in declared:
         path = concrete(op.path)
         async with api.client.request(op.method, path) as response:

@@ -56,14 +56,15 @@ class Api:
 
 
 async def make_api(
-    url: str, tmp_path: Path, *, options: ApiOptions | None = None, services: dict[str, Any] | None = None
+    url: str, tmp_path: Path, *, options: ApiOptions | None = None, services: dict[str, Any] | None = None,
+    settings_overrides: dict[str, Any] | None = None,
 ) -> Api:
-    """Build and start the API over `url` (already migrated)."""
+    """Build and start the API over `url` (already migrated); `settings_overrides` are Settings fields."""
     engine = create_engine(url)
     sessions = session_factory(engine)
     vault = Vault(keyring=load_keyring(path=tmp_path / "keyring.json", create=True))
     bus = EventBus()
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings(data_dir=tmp_path, **(settings_overrides or {}))
     app = create_app(
         settings=settings,
         session_factory=sessions,

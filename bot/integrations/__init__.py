@@ -1,0 +1,1 @@
+"""Integrations with external services that are not LLM providers (billing APIs, …)."""
