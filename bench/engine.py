@@ -8,7 +8,9 @@ engine: selection, streaming with checkpoints, the reference answer, the verdict
 quality metrics, execution logs and the durable queue. One in ten answers disagree, so a third
 model breaks the tie twice. "overhead_ms_per_subtask" is the wall time per subtask at
 concurrency 1 minus the time spent inside the model calls (from execution_logs). Runs on SQLite
-and, when one answers on 127.0.0.1:3306, MariaDB. The last line is JSON.
+(WAL, synchronous=NORMAL: every committed step survives SIGKILL, see docs/queue.md) and, when one
+answers on 127.0.0.1:3306, MariaDB. The last line is JSON. `BENCH_LOG=WARNING` shows the engine's
+warnings (retried claims, failed jobs) on stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -49,7 +52,7 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int) -> d
     from bot.settings import load_settings
     from tests.fakes import FakeLMStudio
 
-    configure_logging(level="ERROR", fmt="json")
+    configure_logging(level=os.environ.get("BENCH_LOG", "ERROR"), fmt="json")
     verdict = {"score": 90, "verdict": "approve", "issues": [], "summary": ""}
     judgement = {"winner": "alternative", "score": 90, "verdict": "approve", "reasons": ["r"], "merged_result": None}
     counter = {"n": 0}

@@ -71,16 +71,20 @@ async def _create_schema(url: str) -> None:
 def _engine(url: str, backend: str) -> Any:
     from sqlalchemy import event
 
-    from bot.db.engine import create_engine
+    from bot.db.engine import create_engine, sqlite_writer
 
     engine = create_engine(url)
     if backend == "sqlite-full":
 
-        @event.listens_for(engine.sync_engine, "connect")
         def _full_sync(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.close()
+
+        # The queue writes through its own in-loop connection (bot.db.engine.sqlite_writer).
+        writer = sqlite_writer(engine)
+        for target in (engine, *((writer.engine,) if writer else ())):
+            event.listen(target.sync_engine, "connect", _full_sync)
 
     return engine
 

@@ -200,6 +200,7 @@ class ChatComponent:
         self._platforms: list[Any] = []
         self._relay: Any = None
         self._console_task: asyncio.Task[None] | None = None
+        self._threads: Any = None
 
     async def start(self) -> None:
         import sys
@@ -212,7 +213,8 @@ class ChatComponent:
         settings = runtime.settings
         engine = runtime.engine_runtime.engine if runtime.engine_runtime is not None else None
         registry, dispatcher = build_dispatcher(settings=settings, sessions=runtime.session_factory, engine=engine,
-                                                bus=runtime.bus, components={"monitor": runtime.monitor})
+                                                bus=runtime.bus, components={"monitor": runtime.monitor,
+                                                                                "vault": runtime.vault})
         self._platforms = platforms_from_settings(settings, sink=dispatcher.handle_event, registry=registry)
         for platform in self._platforms:
             await platform.start()  # each reconnects with backoff on its own (bot/platforms/base.py)
@@ -224,6 +226,10 @@ class ChatComponent:
             await self._relay.start()
         if not self._platforms and sys.stdin.isatty():
             await self._start_console(dispatcher)
+        # Task threads of a previous run keep getting updates, and their final answers land there.
+        self._threads = dispatcher.services.components.get("threads")
+        if self._threads is not None:
+            await self._threads.resume(self._platforms)
 
     async def _start_console(self, dispatcher: Any) -> None:
         import sys
@@ -250,6 +256,8 @@ class ChatComponent:
             self._console_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._console_task
+        if self._threads is not None:
+            await self._threads.stop()
         if self._relay is not None:
             await self._relay.stop()
         for platform in reversed(self._platforms):
@@ -395,6 +403,9 @@ def build_components(
 
         runtime.monitor_state = MonitorState()
         components.append(MonitorComponent(runtime))
+    from bot.knowledge.scheduler import KnowledgeSyncComponent
+
+    components.append(KnowledgeSyncComponent(runtime))  # syncs knowledge sources that set an interval
     if settings.admin_api.enabled:
         components.append(AdminApiComponent(runtime))
     components.append(ChatComponent(runtime, request_stop=request_stop or (lambda _reason: None)))

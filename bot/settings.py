@@ -16,7 +16,16 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.errors import OrchestratorError
@@ -114,6 +123,9 @@ class DiscordSettings(_Section):
     guild_id: str | None = None
     alert_channel_id: str | None = None
     api_base_url: str = "https://discord.com/api/v10"
+    # Privileged gateway intent (enable it in the developer portal too): replies in a task's thread
+    # continue its conversation without naming the bot. Off: such replies must mention the bot.
+    message_content_intent: bool = False
 
 
 class EngineSettings(_Section):
@@ -138,6 +150,34 @@ class EngineSettings(_Section):
         return self.category_thresholds.get(category or "", self.divergence_threshold_pct)
 
 
+class RouterSettings(_Section):
+    """The model router's retry, cooldown and timeout policy (bot/engine/providers/router.py).
+
+    The defaults suit local servers on a LAN; lower `first_token_timeout_s` to fail over sooner
+    from a server that accepts requests but never answers, raise it for slow cold model loads.
+    """
+
+    retries_per_group: int = Field(default=2, ge=0, le=20)
+    backoff_base_s: float = Field(default=0.25, ge=0, le=60)
+    backoff_max_s: float = Field(default=8.0, ge=0, le=600)
+    max_wait_s: float = Field(default=60.0, ge=0, le=3600)
+    cooldown_s: float = Field(default=5.0, ge=0, le=3600)
+    failure_window_s: float = Field(default=60.0, gt=0, le=86_400)
+    allowed_fails: int = Field(default=3, ge=1, le=1000)
+    failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    first_token_timeout_s: float | None = Field(default=60.0, gt=0, le=3600)
+    total_timeout_s: float | None = Field(default=600.0, gt=0, le=86_400)
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("backoff_max_s")
+    @classmethod
+    def _backoff_ordered(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("backoff_base_s")
+        if base is not None and value < base:
+            raise ValueError("backoff_max_s must not be smaller than backoff_base_s")
+        return value
+
+
 class ChatSettings(_Section):
     """Who may talk to the bot: people are mapped to users by platform id; strangers get this role
     (none: refused, the default)."""
@@ -154,6 +194,41 @@ class VaultSettings(_Section):
 
     keyring_path: Path | None = None
     keys: SecretStr | None = None
+
+
+class KnowledgeSettings(_Section):
+    """Where knowledge sources may be fetched from, and how much is taken.
+
+    URL sources resolve their host and refuse private, loopback, link-local and reserved
+    addresses unless `allow_private_hosts` is set (a home lab serving docs on the LAN) or the
+    address is in `allowed_private_networks` (CIDRs, the narrower choice). Cloud metadata addresses
+    (169.254.169.254 and kin) stay refused even then, unless listed in `allowed_private_networks`.
+    `directory`/`file` sources must lie under one of `allowed_roots`; with none, they are refused.
+    """
+
+    allow_private_hosts: bool = False
+    allowed_private_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    allowed_roots: list[Path] = Field(default_factory=list)
+    max_document_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
+    max_files: int = Field(default=2000, ge=1, le=100_000)
+    fetch_timeout_s: float = Field(default=20.0, gt=0, le=600)
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    chunk_chars: int = Field(default=2000, ge=200, le=100_000)
+    embedding_model: str | None = None
+    schedule_check_s: float = Field(default=60.0, ge=1, le=86_400)
+
+
+class CreditsSettings(_Section):
+    """Credit synchronisation of external API accounts; `base_urls` overrides a service's API root
+    (a proxy, or a test double) and is operator configuration, never taken from API input."""
+
+    base_urls: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=20.0, gt=0, le=600)
+
+    @field_validator("base_urls")
+    @classmethod
+    def _http_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: _check_http_url(url) for name, url in value.items()}
 
 
 class Settings(BaseSettings):
@@ -181,8 +256,11 @@ class Settings(BaseSettings):
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     vault: VaultSettings = Field(default_factory=VaultSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    credits: CreditsSettings = Field(default_factory=CreditsSettings)
 
     @classmethod
     def settings_customise_sources(

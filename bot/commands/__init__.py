@@ -1,8 +1,10 @@
 """Chat commands: one registry, a permission check and an audit row per command, one error boundary.
 
-`build_registry()` returns every command that works without the orchestration engine. The engine's
-commands (/task, /ask, /workflows execute, /connect) are added through `build_registry(extensions=…)`
-by the code that owns the engine, with `registry.add` — nothing here pretends they exist.
+`build_registry()` returns every command that works without the orchestration engine, plus
+/workflows and /connect (whose `run` and OAuth parts use the engine, bus and vault the app puts in
+`Services.components`, and say so when they are absent). The engine's own commands (/task, /ask,
+/tasks) are added through `build_registry(extensions=…)` by the code that owns the engine, with
+`registry.add` — nothing here pretends they exist.
 
     registry = build_registry()
     dispatcher = CommandDispatcher(registry=registry, services=Services(session_factory=...))
@@ -23,11 +25,11 @@ def build_registry(*, extensions: Iterable[Callable[[CommandRegistry], None]] = 
     """Every command backed by the database and the provider layer, plus what `extensions` add.
 
     An extension is a function that registers more commands, e.g. the engine's
-    `lambda registry: register_engine_commands(registry, engine)` adding /task, /ask,
-    /workflows and /connect; use the same extensions for the dispatcher and for
+    `lambda registry: register_engine_commands(registry, engine, bus, threads)` adding /task,
+    /ask and /tasks; use the same extensions for the dispatcher and for
     `orchestrator discord sync`, so Discord knows every command the daemon answers.
     """
-    from bot.commands import catalog, general, knowledge, models, operations
+    from bot.commands import catalog, connect, general, knowledge, models, operations, workflows
 
     registry = CommandRegistry()
     general.register(registry)
@@ -35,6 +37,8 @@ def build_registry(*, extensions: Iterable[Callable[[CommandRegistry], None]] = 
     knowledge.register(registry)
     operations.register(registry)
     models.register(registry)
+    workflows.register(registry)
+    connect.register(registry)
     for extend in extensions:
         extend(registry)
     return registry

@@ -45,6 +45,7 @@ log = get_logger("bot.commands")
 MessageHook = Callable[[IncomingMessage, Conversation, Principal], Awaitable[None]]
 ReactionHook = Callable[[ReactionAdded, Conversation, Principal], Awaitable[None]]
 ButtonHook = Callable[[ButtonPress, Conversation, Principal], Awaitable[None]]
+MessageFilter = Callable[[IncomingMessage], Awaitable[bool]]
 
 
 @dataclass
@@ -83,15 +84,21 @@ class CommandDispatcher:
         self.on_message: MessageHook | None = None
         self.on_reaction: ReactionHook | None = None
         self.on_button: ButtonHook | None = None
+        # Whether an unaddressed message (a thread reply not naming the bot) is for us: a task's thread.
+        self.accepts_message: MessageFilter | None = None
 
     async def handle_event(self, event: IncomingEvent, conversation: Conversation) -> DispatchResult:
         """Handle any incoming event; never raises (the boundary is here)."""
         if isinstance(event, IncomingCommand):
             return await self.handle_command(event, conversation)
+        if isinstance(event, IncomingMessage) and not event.addressed and not await self._ours(event):
+            return DispatchResult(outcome=AuditOutcome.SUCCESS)  # someone else's conversation: not ours
         principal = await self._principal(event.sender)
         if not may_enter(principal, self.policy):
             if isinstance(event, IncomingMessage):
                 await self._say(conversation, translate("denied.unknown", principal.language))
+            elif isinstance(event, ButtonPress):
+                await self._say_private(conversation, translate("denied.unknown", principal.language))
             return DispatchResult(outcome=AuditOutcome.DENIED)
         reference = uuid.uuid4().hex[:8]
         try:
@@ -165,6 +172,9 @@ class CommandDispatcher:
         await self._audit(principal, command, action=action, outcome=outcome, detail=detail)
         return DispatchResult(outcome=outcome, command=action, reference=reference)
 
+    async def _ours(self, message: IncomingMessage) -> bool:
+        return self.accepts_message is not None and await self.accepts_message(message)
+
     async def _principal(self, sender: Any) -> Principal:
         async with self.services.session_factory() as session:
             principal = await resolve_principal(session, sender, policy=self.policy)
@@ -197,6 +207,12 @@ class CommandDispatcher:
             await conversation.say(text)
         except PlatformError as err:  # expected: the platform refused; nothing more we can tell anyone
             log.warning("could not deliver a reply", error=str(err))
+
+    async def _say_private(self, conversation: Conversation, text: str) -> None:
+        try:
+            await conversation.say_private(text)
+        except PlatformError as err:  # expected: the platform refused; nothing more we can tell anyone
+            log.warning("could not deliver a private reply", error=str(err))
 
 
 def _command_error_text(err: CommandError, language: str) -> str:

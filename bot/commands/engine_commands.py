@@ -2,35 +2,41 @@
 
 `/task <request>` answers at once with the task's number and opens a thread where the plan, each
 subtask's streamed output, each verdict (validator, score, divergence, issues), tie-breaks and
-the final answer appear as the engine publishes them. `/ask <question>` is one cross-validated
-answer without planning, streamed into the reply itself.
+the final answer appear as the engine publishes them; a disputed step shows both positions, with
+buttons when a person must decide. `/ask <question>` is one cross-validated answer without
+planning, streamed into the reply itself. What happens later in a task's thread (follow-ups,
+button presses, following it again after a restart) is `bot.commands.threads`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.commands.errors import CommandError, NotFoundError
 from bot.commands.registry import CommandContext, CommandRegistry, Param, Reply
-from bot.db.models import Subtask, Task, UserRole
+from bot.db.models import AiModel, Subtask, Task, UserRole
 from bot.engine.orchestrator import Engine
-from bot.events import EventBus
+from bot.events import Event, EventBus
 from bot.logs import get_logger
-from bot.platforms.events import Conversation
+from bot.platforms.events import Card, CardAction, Conversation
 from bot.platforms.i18n import translate
 from bot.platforms.streaming import StreamRenderer
+
+if TYPE_CHECKING:
+    from bot.commands.threads import TaskThreads
 
 log = get_logger(__name__)
 MAX_REQUEST_CHARS = 8000
 FOLLOW_LIMIT_S = 6 * 3600.0
-_followers: set[asyncio.Task[None]] = set()
 
 
-def register_engine_commands(registry: CommandRegistry, engine: Engine | None, bus: EventBus | None) -> None:
+def register_engine_commands(registry: CommandRegistry, engine: Engine | None, bus: EventBus | None,
+                             threads: TaskThreads | None = None) -> None:
     """Add the commands that need the engine (the composition root calls this).
 
     `orchestrator discord sync` registers them with no engine, only to publish their names and
@@ -45,6 +51,8 @@ def register_engine_commands(registry: CommandRegistry, engine: Engine | None, b
     async def task_command(ctx: CommandContext) -> Reply:
         """Create a task and run it: the plan, each step, each verdict and the answer go to its thread."""
         engine, bus = running()
+        if threads is None:
+            raise CommandError("engine.not_running")
         request = str(ctx.args["request"]).strip()
         subscription = bus.subscribe(topics={"task"}, maxsize=50_000)
         try:
@@ -57,16 +65,19 @@ def register_engine_commands(registry: CommandRegistry, engine: Engine | None, b
         except BaseException:
             subscription.close()
             raise
-        anchor = await ctx.conversation.say(translate("task.created", ctx.language, id=submitted.task_id,
-                                                      title=request[:120]))
-        thread = await ctx.conversation.open_thread(title=f"#{submitted.task_id} {request[:80]}", anchor=anchor)
-        follower = asyncio.create_task(
-            follow_task(conversation=thread, subscription=subscription, engine=engine, task_id=submitted.task_id,
-                        language=ctx.language),
-            name=f"follow-task-{submitted.task_id}",
-        )
-        _followers.add(follower)
-        follower.add_done_callback(_followers.discard)
+        title = f"#{submitted.task_id} {request[:80]}"
+        try:
+            anchor = await ctx.conversation.say(translate("task.created", ctx.language, id=submitted.task_id,
+                                                          title=request[:120]))
+            thread = await ctx.conversation.open_thread(title=title, anchor=anchor)
+            # Stored before following, so a restart from here on still renders into this thread.
+            await threads.register(task_id=submitted.task_id, thread=thread, principal=ctx.principal,
+                                   sender=ctx.sender, request=request, title=title, language=ctx.language)
+        except BaseException:
+            subscription.close()
+            raise
+        threads.follow(task_id=submitted.task_id, conversation=thread, subscription=subscription,
+                       language=ctx.language)
         return None  # the reply was posted above, as the thread's anchor
 
     async def ask_command(ctx: CommandContext) -> Reply:
@@ -129,8 +140,12 @@ def register_engine_commands(registry: CommandRegistry, engine: Engine | None, b
 
 
 async def follow_task(*, conversation: Conversation, subscription: Any, engine: Engine, task_id: int,
-                      language: str, show_plan: bool = True, show_final: bool = True) -> None:
-    """Render one task's events into a conversation until the task ends (closing the subscription)."""
+                      language: str, show_plan: bool = True, show_final: bool = True) -> Event | None:
+    """Render one task's events into a conversation until the task ends (closing the subscription).
+
+    Returns the event that ended it (task.done / task.failed / task.cancelled), None if it outlived
+    the follow limit.
+    """
     renderers: dict[int, StreamRenderer] = {}
     sessions = engine.sessions
     try:
@@ -161,27 +176,22 @@ async def follow_task(*, conversation: Conversation, subscription: Any, engine: 
                         "task.verdict", language, validator=payload.get("validator"), score=payload.get("score"),
                         decision=payload.get("decision"), divergence=payload.get("divergence_pct"),
                     ) + issues)
-                elif event.kind == "subtask.tiebroken":
-                    message = "task.tie_waiting" if payload.get("needs_decision") else "task.tiebroken"
-                    await conversation.say(translate(message, language, outcome=payload.get("outcome")))
                 elif event.kind == "subtask.done":
                     await _finish(renderers, subtask_id)
                     if payload.get("validation") == "unvalidated":
                         await conversation.say(translate("task.unvalidated", language))
-                elif event.kind == "task.done":
+                    await _show_dispute(conversation, sessions, subtask_id, language)
+                elif event.kind == "subtask.decided":
+                    chosen = translate(f"dispute.choice.{payload.get('chosen')}", language)
+                    await conversation.say(translate("dispute.decided", language, who=payload.get("by") or "?",
+                                                     choice=chosen))
+                elif event.kind in ("task.done", "task.failed", "task.cancelled"):
                     for open_id in list(renderers):
                         await _finish(renderers, open_id)
-                    if show_final:
-                        final = StreamRenderer(conversation, language=language, filename=f"task-{task_id}.md")
-                        final.feed(translate("task.final", language) + "\n" + str(payload.get("result", "")))
-                        await final.finish()
-                    return
-                elif event.kind in ("task.failed", "task.cancelled"):
-                    for open_id in list(renderers):
-                        await _finish(renderers, open_id)
-                    await conversation.say(translate("task.ended", language, id=task_id,
-                                                     reason=payload.get("error") or event.kind))
-                    return
+                    await render_ending(conversation, task_id=task_id, kind=event.kind, payload=payload,
+                                        language=language, show_final=show_final)
+                    ended: Event = event
+                    return ended
     except TimeoutError:
         log.warning("stopped following a long task", task_id=task_id)
     finally:
@@ -189,6 +199,71 @@ async def follow_task(*, conversation: Conversation, subscription: Any, engine: 
         for key in list(renderers):
             with contextlib.suppress(Exception):  # best effort on the way out; the task itself is unaffected
                 await _finish(renderers, key)
+    return None
+
+
+async def render_ending(conversation: Conversation, *, task_id: int, kind: str, payload: dict[str, Any],
+                        language: str, show_final: bool) -> None:
+    """The final answer (streamed in as many messages as it needs), or why the task ended."""
+    if kind == "task.done":
+        if show_final:
+            final = StreamRenderer(conversation, language=language, filename=f"task-{task_id}.md")
+            final.feed(translate("task.final", language) + "\n" + str(payload.get("result", "")))
+            await final.finish()
+        return
+    await conversation.say(translate("task.ended", language, id=task_id, reason=payload.get("error") or kind))
+
+
+async def _show_dispute(conversation: Conversation, sessions: Any, subtask_id: Any, language: str) -> None:
+    """After a tie-break: both positions, and the buttons when a person must decide."""
+    if subtask_id is None:
+        return
+    async with sessions() as session:
+        subtask = await session.get(Subtask, subtask_id)
+        if subtask is None or not (subtask.validation or {}).get("tiebreak"):
+            return
+        card = await dispute_card(session, subtask, language=language,
+                                  with_buttons=bool((subtask.validation or {}).get("needs_decision")))
+    await conversation.say(card.as_text(), card=card)
+
+
+async def dispute_card(session: AsyncSession, subtask: Subtask, *, language: str, with_buttons: bool) -> Card:
+    """A disputed step: the executor's and the validator's answers side by side, the tie-break's outcome."""
+    from bot.commands.threads import DISPUTE_PREFIX, dispute_value
+
+    validation = dict(subtask.validation or {})
+    tiebreak = dict(validation.get("tiebreak") or {})
+    executor = await session.get(AiModel, subtask.executor_model_id) if subtask.executor_model_id else None
+    divergence = (validation.get("divergence") or {}).get("pct", subtask.divergence_pct)
+    if validation.get("needs_decision"):
+        body = translate("task.tie_waiting", language)
+    else:
+        outcome = str(tiebreak.get("outcome") or "tie")
+        body = translate("dispute.decided_by_judge", language, divergence=divergence,
+                         outcome=translate(f"dispute.choice.{outcome}", language))
+    if tiebreak.get("reason"):
+        body += f"\n_{tiebreak['reason']}_"
+    fields = (
+        (translate("dispute.executor", language, model=executor.model_key if executor else "?"),
+         _excerpt(validation.get("executor_answer") or subtask.result)),
+        (translate("dispute.validator", language, model=validation.get("validator") or "?"),
+         _excerpt(validation.get("reference_answer"))),
+    )
+    actions: tuple[CardAction, ...] = ()
+    if with_buttons:
+        value = dispute_value(subtask.id, len(validation.get("tiebreak_history") or []))
+        actions = (
+            CardAction(f"{DISPUTE_PREFIX}executor", translate("dispute.accept_executor", language), value, "primary"),
+            CardAction(f"{DISPUTE_PREFIX}validator", translate("dispute.accept_validator", language), value),
+            CardAction(f"{DISPUTE_PREFIX}rerun", translate("dispute.rerun", language), value),
+        )
+    return Card(title=translate("dispute.title", language, seq=subtask.seq, title=subtask.title[:120]), body=body,
+                fields=fields, severity="warning", actions=actions)
+
+
+def _excerpt(text: Any, limit: int = 900) -> str:
+    value = str(text or "").strip() or "-"
+    return value if len(value) <= limit else value[: limit - 1].rstrip() + "…"
 
 
 async def _finish(renderers: dict[int, StreamRenderer], subtask_id: Any) -> None:

@@ -22,19 +22,24 @@ def build_dispatcher(
 ) -> tuple[CommandRegistry, CommandDispatcher]:
     """Every command (the engine's too when an engine runs) behind one permission policy."""
     extensions = []
+    threads = None
     if engine is not None and bus is not None:
         from bot.commands.engine_commands import register_engine_commands
+        from bot.commands.threads import TaskThreads
 
-        extensions.append(lambda registry: register_engine_commands(registry, engine, bus))
+        threads = TaskThreads(engine=engine, bus=bus)
+        extensions.append(lambda registry: register_engine_commands(registry, engine, bus, threads))
     registry = build_registry(extensions=extensions)
     role = settings.chat.unknown_user_role
     dispatcher = CommandDispatcher(
         registry=registry,
         services=Services(session_factory=sessions, settings=settings,
-                          components={"engine": engine, "bus": bus, **(components or {})}),
+                          components={"engine": engine, "bus": bus, "threads": threads, **(components or {})}),
         policy=PermissionPolicy(unknown_user_role=UserRole(role) if role else None,
                                 default_language=settings.language),
     )
+    if threads is not None:
+        threads.install(dispatcher)  # follow-ups in task threads, dispute buttons
     return registry, dispatcher
 
 

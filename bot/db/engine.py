@@ -8,9 +8,14 @@ with `SELECT … FOR UPDATE SKIP LOCKED` (MariaDB ≥ 10.6, MySQL ≥ 8.0).
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sqlite3
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
+import aiosqlite
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
@@ -88,7 +93,9 @@ def create_engine(url: str, *, settings: DatabaseSettings | None = None) -> Asyn
     return create_async_engine(parsed, **kwargs)
 
 
-def _install_sqlite_pragmas(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
+def _install_sqlite_pragmas(
+    engine: AsyncEngine, *, busy_timeout_ms: int, query_only: bool = False
+) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
@@ -97,8 +104,127 @@ def _install_sqlite_pragmas(engine: AsyncEngine, *, busy_timeout_ms: int) -> Non
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            if query_only:
+                cursor.execute("PRAGMA query_only=ON")
         finally:
             cursor.close()
+
+
+class _InlineSqliteConnection(aiosqlite.Connection):
+    """aiosqlite's interface, but every call runs on the calling (event-loop) thread.
+
+    aiosqlite hands each call to a worker thread and back: three or four thread hops per
+    statement, each waiting for a turn of a busy event loop. For the queue's short write
+    transactions (µs of SQLite work each, no fsync with WAL + synchronous=NORMAL) those hops were
+    all of the cost. Running inline is safe only where a call can never wait for a lock: the
+    writer's connection has no busy handler, and it takes the write lock with `BEGIN IMMEDIATE`,
+    retried asynchronously (see `JobQueue._write`); once held, nothing else in a WAL write
+    transaction waits. Relies on aiosqlite's `_execute`/`_connect` seam (tests cover it).
+    """
+
+    def __init__(self, connector: Any) -> None:
+        super().__init__(connector, iter_chunk_size=64)
+
+    def __await__(self) -> Any:
+        return self._connect().__await__()
+
+    async def _connect(self) -> _InlineSqliteConnection:
+        if self._connection is None:
+            self._connection = self._connector()
+        return self
+
+    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self._running or self._connection is None:
+            raise ValueError("Connection closed")
+        return fn(*args, **kwargs)
+
+    def stop(self) -> None:  # type: ignore[override]
+        self._running = False
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def close(self) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+@dataclass(eq=False)
+class SqliteWriter:
+    """One in-loop connection for all of a database's short queue writes, and their lock."""
+
+    engine: AsyncEngine
+    lock: asyncio.Lock
+
+
+_writers: weakref.WeakKeyDictionary[Any, SqliteWriter] = weakref.WeakKeyDictionary()
+_readers: weakref.WeakKeyDictionary[Any, AsyncEngine] = weakref.WeakKeyDictionary()
+# A reader waits at most this long (blocking the loop) in the rare moments WAL readers can be
+# busy (another connection recovering the WAL index after a crash).
+READER_BUSY_TIMEOUT_MS = 100
+
+
+def _file_database(engine: AsyncEngine) -> str | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
+def _inline_engine(engine: AsyncEngine, database: str, *, busy_timeout_ms: int, pool_size: int) -> AsyncEngine:
+    def connector() -> sqlite3.Connection:
+        return sqlite3.connect(database, timeout=busy_timeout_ms / 1000, check_same_thread=False)
+
+    async def creator() -> _InlineSqliteConnection:
+        connection: _InlineSqliteConnection = await _InlineSqliteConnection(connector)
+        return connection
+
+    return create_async_engine(
+        engine.url, async_creator=creator, pool_size=pool_size, max_overflow=pool_size, echo=engine.echo
+    )
+
+
+def sqlite_reader(engine: AsyncEngine) -> AsyncEngine | None:
+    """Read-only in-loop connections to a file SQLite database (None otherwise).
+
+    In WAL mode a reader never waits for the writer, so reads can run on the event loop without
+    aiosqlite's thread hops; `query_only` makes a write through them fail at once instead of
+    waiting for the write lock. For hot paths that only read (the engine's per-subtask lookups).
+    """
+    database = _file_database(engine)
+    if database is None:
+        return None
+    reader = _readers.get(engine.sync_engine)
+    if reader is None:
+        reader = _inline_engine(engine, database, busy_timeout_ms=READER_BUSY_TIMEOUT_MS, pool_size=4)
+        _install_sqlite_pragmas(reader, busy_timeout_ms=READER_BUSY_TIMEOUT_MS, query_only=True)
+        _readers[engine.sync_engine] = reader
+    return reader
+
+
+def sqlite_writer(engine: AsyncEngine) -> SqliteWriter | None:
+    """The shared in-loop writer of a file SQLite engine (None for in-memory databases).
+
+    Every JobQueue on the same engine shares it, so writes of one process queue on one asyncio
+    lock instead of colliding in SQLite's busy handler.
+    """
+    database = _file_database(engine)
+    if database is None:
+        return None
+    writer = _writers.get(engine.sync_engine)
+    if writer is None:
+        # busy timeout 0: no busy handler, so a call never blocks the event loop waiting for a lock.
+        inline = _inline_engine(engine, database, busy_timeout_ms=0, pool_size=1)
+        _install_sqlite_pragmas(inline, busy_timeout_ms=0)
+        writer = SqliteWriter(engine=inline, lock=asyncio.Lock())
+        _writers[engine.sync_engine] = writer
+    return writer
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -21,16 +21,18 @@ and its stored result is what the resumed attempt sees. Every model interaction 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Table, and_, bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.db.base import utcnow
+from bot.db.engine import sqlite_reader
 from bot.db.models import (
     AiRole,
     ExecutionLog,
@@ -53,9 +55,24 @@ from bot.engine.providers.port import ChatMessage, ChatRequest, ChatResult, Prov
 from bot.engine.providers.router import Router
 from bot.engine.providers.usage import current_work
 from bot.engine.quality import Outcome, record_outcomes
-from bot.engine.queue import JobContext, JobQueue, JobSpec, PermanentJobError, QueueEvent
+from bot.engine.queue import (
+    JobContext,
+    JobQueue,
+    JobSpec,
+    PendingWrite,
+    PermanentJobError,
+    QueueEvent,
+    defer_write,
+)
 from bot.engine.schemas import Judgement, MalformedOutputError, Plan, Verdict, json_schema, parse_output
-from bot.engine.selection import Candidate, Choice, Selector, load_candidates
+from bot.engine.selection import Candidate, CandidateCache, Choice, Selector, load_candidates
+from bot.engine.workflows import (
+    WorkflowError,
+    WorkflowPlan,
+    new_workflow_task,
+    workflow_plan_for,
+    write_workflow_subtasks,
+)
 from bot.errors import OrchestratorError
 from bot.events import Event, EventBus
 from bot.logs import get_logger, redact_text
@@ -66,8 +83,31 @@ log = get_logger(__name__)
 KIND_PLAN = "task.plan"
 KIND_SUBTASK = "subtask.run"
 KIND_FINISH = "task.finish"
+KIND_TIEBREAK = "subtask.tiebreak"  # a person asked for the tie-break to run again
 TERMINAL_SUBTASK = {SubtaskStatus.COMPLETED, SubtaskStatus.FAILED, SubtaskStatus.SKIPPED, SubtaskStatus.CANCELLED}
 MAX_LOGGED_CHARS = 200_000
+
+# Hot-path row writes, as Core statements shared by every job: they ride the job's next durable
+# write (JobContext.defer), and a group commit sends each as one executemany for all its jobs.
+SUBTASKS = cast(Table, Subtask.__table__)
+TASKS = cast(Table, Task.__table__)
+# Plain comparisons, not NOT IN: expanding IN parameters cannot be sent with executemany.
+_OPEN_SUBTASK = and_(*(SUBTASKS.c.status != status for status in sorted(TERMINAL_SUBTASK)))
+_START_SUBTASK = (
+    update(SUBTASKS).where(SUBTASKS.c.id == bindparam("b_id"), _OPEN_SUBTASK)
+    .values(status=SubtaskStatus.RUNNING, attempts=bindparam("b_attempts"),
+            started_at=func.coalesce(SUBTASKS.c.started_at, bindparam("b_now", type_=SUBTASKS.c.started_at.type)))
+)
+_SAVE_RESULT = (
+    update(SUBTASKS).where(SUBTASKS.c.id == bindparam("b_id"), _OPEN_SUBTASK)
+    .values(result=bindparam("b_result", type_=SUBTASKS.c.result.type), executor_model_id=bindparam("b_executor"),
+            status=SubtaskStatus.VALIDATING)
+)
+_SET_STATUS = (
+    update(SUBTASKS).where(SUBTASKS.c.id == bindparam("b_id"), _OPEN_SUBTASK)
+    .values(status=bindparam("b_status", type_=SUBTASKS.c.status.type))
+)
+_INSERT_LOG = insert(cast(Table, ExecutionLog.__table__))
 
 
 class EngineError(OrchestratorError):
@@ -107,6 +147,12 @@ class Engine:
             router=router,
             prefer_smaller=(lambda: bool(monitor_state.prefer_smaller_models)) if monitor_state is not None else None,
         )
+        self._candidates = CandidateCache()
+        # Hot-path lookups read through in-loop SQLite connections when there are some (no thread
+        # hops); writes never go through them.
+        reader = sqlite_reader(session_factory.kw["bind"]) if isinstance(session_factory.kw.get("bind"),
+                                                                         AsyncEngine) else None
+        self._reads = async_sessionmaker(reader, expire_on_commit=False) if reader is not None else session_factory
         # Events that describe a job's committed result wait for the queue's "succeeded".
         self._after_commit: dict[int, list[Event]] = {}
 
@@ -120,7 +166,8 @@ class Engine:
     @property
     def handlers(self) -> dict[str, Callable[[JobContext], Awaitable[dict[str, Any] | None]]]:
         """Job kind → handler, for the queue's Worker."""
-        return {KIND_PLAN: self._plan_job, KIND_SUBTASK: self._subtask_job, KIND_FINISH: self._finish_job}
+        return {KIND_PLAN: self._plan_job, KIND_SUBTASK: self._subtask_job, KIND_FINISH: self._finish_job,
+                KIND_TIEBREAK: self._tiebreak_job}
 
     async def submit(
         self,
@@ -135,12 +182,16 @@ class Engine:
         variables: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         single_step: bool = False,
+        workflow_id: int | None = None,
     ) -> SubmittedTask:
         """Create a task and queue its planning; the same idempotency key never creates two.
 
         `single_step` skips the planner: the request is one subtask (a question, `/ask`), still
-        executed by one model and validated by another.
+        executed by one model and validated by another. `workflow_id` runs that workflow with
+        `description` as its input: its stored steps are the plan (bot/engine/workflows.py).
         """
+        if workflow_id is not None and (single_step or template):
+            raise EngineError("a workflow run is planned from its steps; it takes no template or single step")
         title = title.strip()
         if not title:
             raise EngineError("a task needs a title or a request")
@@ -148,7 +199,7 @@ class Engine:
             title, description = title[:250] + "…", f"{title}\n\n{description}".strip()
         if len(description) > 100_000:
             raise EngineError("the task description is longer than 100,000 characters")
-        async with self._sessions() as session, session.begin():
+        async with self._queue.session() as session:
             if idempotency_key:
                 existing = await session.scalar(select(Task.id).where(Task.idempotency_key == idempotency_key))
                 if existing is not None:
@@ -157,9 +208,14 @@ class Engine:
                 rendered, template_category = await render_template(session, name=template, variables=variables or {})
                 description = f"{rendered}\n\n{description}".strip()
                 category = category or template_category
-            task = Task(title=title, description=description, user_id=user_id, priority=priority,
-                        category=category, origin=origin or {}, status=TaskStatus.PENDING,
-                        idempotency_key=idempotency_key)
+            if workflow_id is not None:  # checked (steps, templates, variables) before anything is queued
+                task = await new_workflow_task(session, workflow_id=workflow_id, input_text=description,
+                                               title=title, user_id=user_id, priority=priority, origin=origin,
+                                               idempotency_key=idempotency_key)
+            else:
+                task = Task(title=title, description=description, user_id=user_id, priority=priority,
+                            category=category, origin=origin or {}, status=TaskStatus.PENDING,
+                            idempotency_key=idempotency_key)
             session.add(task)
             await session.flush()
             task_id = task.id
@@ -185,7 +241,7 @@ class Engine:
 
     async def cancel(self, task_id: int) -> bool:
         """Cancel a task's queued and running work; False when it had already ended."""
-        async with self._sessions() as session, session.begin():
+        async with self._queue.session() as session:
             task = await session.get(Task, task_id)
             if task is None:
                 raise EngineError(f"there is no task {task_id}")
@@ -203,22 +259,40 @@ class Engine:
         return True
 
     async def resolve_tie(self, subtask_id: int, *, choose: str, decided_by: str) -> None:
-        """A person's decision on an escalated tie: "executor" or "validator" answer wins."""
-        if choose not in ("executor", "validator"):
-            raise EngineError("choose the executor's or the validator's answer")
-        async with self._sessions() as session, session.begin():
+        """A person's decision on an escalated tie: the "executor" or "validator" answer wins, or
+        "rerun" runs the tie-break again from the stored answers and verdict (another judge when one
+        is available). Exactly one decision wins: the status moves out of "tiebreaking" atomically.
+        """
+        if choose not in ("executor", "validator", "rerun"):
+            raise EngineError("choose the executor's or the validator's answer, or rerun the tie-break")
+        async with self._queue.session() as session:
             subtask = await session.get(Subtask, subtask_id)
             if subtask is None or not (subtask.validation or {}).get("needs_decision"):
                 raise EngineError(f"subtask {subtask_id} is not waiting for a decision")
+            target = SubtaskStatus.QUEUED if choose == "rerun" else SubtaskStatus.COMPLETED
+            claimed = await session.execute(update(Subtask).where(
+                Subtask.id == subtask_id, Subtask.status == SubtaskStatus.TIEBREAKING).values(status=target))
+            if getattr(claimed, "rowcount", 0) != 1:
+                raise EngineError(f"subtask {subtask_id} is not waiting for a decision")
+            await session.refresh(subtask)
             validation = dict(subtask.validation or {})
-            winner = validation.get("executor_answer") if choose == "executor" else validation.get("reference_answer")
             validation.update(needs_decision=False, decision={"chosen": choose, "by": decided_by})
             subtask.validation = validation
-            subtask.result = winner or subtask.result
-            subtask.status = SubtaskStatus.COMPLETED
-            subtask.finished_at = utcnow()
-            await self._schedule_after(session, subtask)
-        self._publish("subtask.decided", subtask.task_id, {"subtask_id": subtask_id, "chosen": choose})
+            if choose == "rerun":
+                reruns = len(validation.get("tiebreak_history") or []) + 1
+                await self._queue.enqueue_in(session, [JobSpec(
+                    kind=KIND_TIEBREAK, idempotency_key=f"subtask:{subtask_id}:tiebreak:{reruns}",
+                    payload={"subtask_id": subtask_id}, priority=subtask.priority, task_id=subtask.task_id,
+                    subtask_id=subtask_id, max_attempts=self._settings.max_attempts,
+                    timeout_s=self._settings.subtask_timeout_s)])
+            else:
+                winner = validation.get("executor_answer") if choose == "executor" \
+                    else validation.get("reference_answer")
+                subtask.result = winner or subtask.result
+                subtask.finished_at = utcnow()
+                await self._schedule_after(session, subtask)
+        self._publish("subtask.decided", subtask.task_id, {"subtask_id": subtask_id, "chosen": choose,
+                                                            "by": decided_by})
 
     def on_queue_event(self, event: QueueEvent) -> None:
         """Worker callback: publish what a job committed; a job that will never succeed fails its task."""
@@ -235,6 +309,15 @@ class Engine:
 
     async def _plan_job(self, ctx: JobContext) -> dict[str, Any]:
         task_id = int(ctx.payload["task_id"])
+        # -- workflow runs: the workflow's stored steps are the plan, no planner model (bot/engine/workflows.py) --
+        try:
+            workflow_plan = await workflow_plan_for(self._sessions, task_id)
+        except WorkflowError as err:
+            await self._fail_task(task_id, err.message)
+            return {"failed": err.message}
+        if workflow_plan is not None:
+            return self._start_workflow(ctx, task_id, workflow_plan)
+        # -- end of the workflow branch -----------------------------------------------------------------------
         async with self._sessions() as session, session.begin():
             task = await session.get(Task, task_id)
             if task is None or task.status == TaskStatus.CANCELLED:
@@ -286,6 +369,19 @@ class Engine:
                                                 "planner": plan_data["model"]})
         return {"subtasks": len(plan.subtasks), "planner": plan_data["model"]}
 
+    def _start_workflow(self, ctx: JobContext, task_id: int, plan: WorkflowPlan) -> dict[str, Any]:
+        """Write a workflow run's subtasks when the plan job commits, and queue the ready ones."""
+
+        async def write_steps(session: AsyncSession) -> None:
+            rows = await write_workflow_subtasks(session, task_id, plan, max_attempts=self._settings.max_attempts)
+            if rows:
+                await self._enqueue_ready(session, task_id, rows)
+
+        ctx.on_commit(write_steps)
+        self._publish("task.planning", task_id, {})
+        self._publish_after_commit(ctx, "task.planned", task_id, plan.event_payload())
+        return {"subtasks": len(plan.steps), "workflow_id": plan.workflow_id, "workflow_version": plan.version}
+
     async def _make_plan(self, *, task_id: int, request_text: str, category: str, system: str,
                          temperature: float, preferred: int | None) -> dict[str, Any]:
         """Ask a planner; a malformed plan goes back once with the error, then to another planner."""
@@ -327,16 +423,16 @@ class Engine:
 
     async def _subtask_job(self, ctx: JobContext) -> dict[str, Any]:
         subtask_id = int(ctx.payload["subtask_id"])
-        async with self._sessions() as session, session.begin():
+        async with self._reads() as session:
             subtask = await session.get(Subtask, subtask_id)
             if subtask is None or subtask.status in TERMINAL_SUBTASK:
                 return {"skipped": "subtask gone or finished"}
             task = await session.get(Task, subtask.task_id)
             if task is None or task.status == TaskStatus.CANCELLED:
                 return {"skipped": "task cancelled"}
-            subtask.status = SubtaskStatus.RUNNING
-            subtask.started_at = subtask.started_at or utcnow()
-            subtask.attempts = ctx.job.attempts
+            # Written with the job's first durable write (the first checkpoint or step).
+            ctx.defer(PendingWrite(_START_SUBTASK, {"b_id": subtask_id, "b_attempts": ctx.job.attempts,
+                                                    "b_now": utcnow()}))
             executor_role = await role_prompt(session, role_for_category(subtask.category))
             instructions = await instructions_for(session, category=subtask.category, task_id=task.id)
             context = await _dependency_context(session, subtask)
@@ -346,22 +442,28 @@ class Engine:
         system = system_with_instructions(executor_role.system_prompt, instructions)
         self._publish("subtask.started", task_id, {"subtask_id": subtask_id})
 
+        # Choices are lazy steps: stored with the first durable write that depends on them.
         executor_data = await ctx.step("select.executor", lambda: self._choose(
-            category=category, exclude=(), diverse_from=(), prefer=executor_role.preferred_model_id))
+            category=category, exclude=(), diverse_from=(), prefer=executor_role.preferred_model_id), lazy=True)
         if executor_data is None:
             raise PermanentJobError("no model is available to execute the subtask")
         executor = _candidate(executor_data)
         self._log_choice(task_id, subtask_id, "executor", executor_data)
 
-        execution = await ctx.step("execute", lambda: self._execute(
-            ctx, task_id=task_id, subtask_id=subtask_id, executor=executor, system=system, prompt=prompt,
-            temperature=executor_role.temperature, max_tokens=executor_role.max_tokens,
-        ))
+        async def execute() -> dict[str, Any]:
+            data = await self._execute(ctx, task_id=task_id, subtask_id=subtask_id, executor=executor, system=system,
+                                       prompt=prompt, temperature=executor_role.temperature,
+                                       max_tokens=executor_role.max_tokens)
+            # The answer reaches the subtask row in the step's own transaction, before validation.
+            ctx.defer(PendingWrite(_SAVE_RESULT, {"b_id": subtask_id, "b_result": str(data["text"]),
+                                                  "b_executor": executor.model_id}))
+            return data
+
+        execution = await ctx.step("execute", execute)
         answer = str(execution["text"])
-        await self._save_result(subtask_id, answer, executor.model_id)
 
         validator_data = await ctx.step("select.validator", lambda: self._choose(
-            category=category, exclude=(executor.key,), diverse_from=(executor,), prefer=None))
+            category=category, exclude=(executor.key,), diverse_from=(executor,), prefer=None), lazy=True)
         if validator_data is None:
             return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
                                               executor=executor, execution=execution, final=answer,
@@ -409,12 +511,19 @@ class Engine:
     async def _tie_break(self, ctx: JobContext, *, task_id: int, subtask_id: int, category: str, prompt: str,
                          executor: Candidate, validator: Candidate, execution: dict[str, Any], answer: str,
                          reference: str, verdict: Verdict, divergence: Divergence,
-                         validation: dict[str, Any]) -> dict[str, Any]:
-        """A third model judges executor vs validator twice, positions swapped; a flip is a tie."""
-        await self._set_status(subtask_id, SubtaskStatus.TIEBREAKING)
+                         validation: dict[str, Any], avoid_judges: tuple[str, ...] = ()) -> dict[str, Any]:
+        """A third model judges executor vs validator twice, positions swapped; a flip is a tie.
+
+        `avoid_judges` (a re-run) are skipped when another third model is available.
+        """
+        ctx.defer(PendingWrite(_SET_STATUS, {"b_id": subtask_id, "b_status": SubtaskStatus.TIEBREAKING}))
         judge_data = await ctx.step("select.tiebreaker", lambda: self._choose(
-            category=category, exclude=(executor.key, validator.key), diverse_from=(executor, validator),
-            prefer=None))
+            category=category, exclude=(executor.key, validator.key, *avoid_judges),
+            diverse_from=(executor, validator), prefer=None), lazy=True)
+        if judge_data is None and avoid_judges:
+            judge_data = await ctx.step("select.tiebreaker.again", lambda: self._choose(
+                category=category, exclude=(executor.key, validator.key), diverse_from=(executor, validator),
+                prefer=None), lazy=True)
         outcome: str
         tiebreak: dict[str, Any] = {}
         judge: Candidate | None = None
@@ -460,6 +569,41 @@ class Engine:
                                           divergence=divergence, judge=judge, outcome=outcome,
                                           waiting=needs_decision)
 
+    async def _tiebreak_job(self, ctx: JobContext) -> dict[str, Any]:
+        """Run the tie-break again from the answers and verdict the subtask row already holds."""
+        subtask_id = int(ctx.payload["subtask_id"])
+        async with self._sessions() as session:
+            subtask = await session.get(Subtask, subtask_id)
+            if subtask is None or subtask.status != SubtaskStatus.QUEUED:
+                return {"skipped": "subtask is not waiting for a re-run"}
+            task = await session.get(Task, subtask.task_id)
+            if task is None or task.status == TaskStatus.CANCELLED:
+                return {"skipped": "task cancelled"}
+            validation = dict(subtask.validation or {})
+            candidates = {c.model_id: c for c in await load_candidates(session, router=self._router)}
+            task_id, category = task.id, subtask.category or "general"
+            prompt = _subtask_prompt(task, subtask, await _dependency_context(session, subtask))
+        executor = candidates.get(subtask.executor_model_id or 0)
+        validator = candidates.get(subtask.validator_model_id or 0)
+        if executor is None or validator is None:
+            raise PermanentJobError("the executor or the validator of this subtask is no longer available")
+        previous = dict(validation.pop("tiebreak", None) or {})
+        validation["tiebreak_history"] = [*(validation.get("tiebreak_history") or []), previous]
+        judged = tuple(h.get("judge") for h in validation["tiebreak_history"] if h.get("judge"))
+        stored = dict(validation.get("divergence") or {})
+        divergence = Divergence(pct=float(stored.get("pct", 100.0)), verdict_term=float(stored.get("verdict_term", 0)),
+                                semantic_term=float(stored.get("semantic_term", 0)),
+                                claim_term=float(stored.get("claim_term", 0)),
+                                similarity=float(stored.get("similarity", 0)), embedder=str(stored.get("embedder", "")),
+                                hard_conflict=bool(stored.get("hard_conflict")),
+                                conflicts=tuple(stored.get("conflicts") or ()))
+        return await self._tie_break(ctx, task_id=task_id, subtask_id=subtask_id, category=category, prompt=prompt,
+                                     executor=executor, validator=validator, execution={"latency_ms": 0.0},
+                                     answer=str(validation.get("executor_answer") or subtask.result or ""),
+                                     reference=str(validation.get("reference_answer") or ""),
+                                     verdict=Verdict.model_validate(validation.get("verdict") or {}),
+                                     divergence=divergence, validation=validation, avoid_judges=judged)
+
     async def _finish_subtask(self, ctx: JobContext, *, task_id: int, subtask_id: int, category: str,
                               executor: Candidate, execution: dict[str, Any], final: str,
                               validation: dict[str, Any], verdict: Verdict | None = None,
@@ -477,25 +621,24 @@ class Engine:
             outcomes.append(Outcome(model_id=validator.model_id, category=category,
                                     tiebreak=_tiebreak_result(outcome, side="validator")))
 
+        values: dict[str, Any] = {
+            "result": final, "validation": validation, "validation_score": verdict.score if verdict else None,
+            "divergence_pct": round(divergence.pct, 2) if divergence else None,
+            "executor_model_id": executor.model_id, "validator_model_id": validator.model_id if validator else None,
+            "tiebreaker_model_id": judge.model_id if judge else None,
+            "status": SubtaskStatus.TIEBREAKING if waiting else SubtaskStatus.COMPLETED,
+        }
+
         async def write(session: AsyncSession) -> None:
-            subtask = await session.get(Subtask, subtask_id)
-            if subtask is None or subtask.status == SubtaskStatus.CANCELLED:
+            # One UPDATE (no load and flush): a cancelled or vanished subtask matches nothing.
+            stamped = values if waiting else {**values, "finished_at": utcnow()}
+            written = await session.execute(update(SUBTASKS).where(
+                SUBTASKS.c.id == subtask_id, SUBTASKS.c.status != SubtaskStatus.CANCELLED).values(**stamped))
+            if getattr(written, "rowcount", 0) != 1:
                 return
-            subtask.result = final
-            subtask.validation = validation
-            subtask.validation_score = verdict.score if verdict else None
-            subtask.divergence_pct = round(divergence.pct, 2) if divergence else None
-            subtask.executor_model_id = executor.model_id
-            subtask.validator_model_id = validator.model_id if validator else None
-            subtask.tiebreaker_model_id = judge.model_id if judge else None
-            if waiting:
-                subtask.status = SubtaskStatus.TIEBREAKING
-            else:
-                subtask.status = SubtaskStatus.COMPLETED
-                subtask.finished_at = utcnow()
             await record_outcomes(session, outcomes)
             if not waiting:
-                await self._schedule_after(session, subtask)
+                await self._schedule_task(session, task_id)
 
         ctx.on_commit(write)
         self._publish_after_commit(ctx, "subtask.done", task_id, {
@@ -508,7 +651,7 @@ class Engine:
 
     async def _finish_job(self, ctx: JobContext) -> dict[str, Any]:
         task_id = int(ctx.payload["task_id"])
-        async with self._sessions() as session:
+        async with self._reads() as session:
             task = await session.get(Task, task_id)
             if task is None or task.status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.FAILED):
                 return {"skipped": "task already ended"}
@@ -522,12 +665,8 @@ class Engine:
             final = str(merged["text"])
 
         async def write(session: AsyncSession) -> None:
-            task = await session.get(Task, task_id)
-            if task is None or task.status == TaskStatus.CANCELLED:
-                return
-            task.result = final
-            task.status = TaskStatus.COMPLETED
-            task.finished_at = utcnow()
+            await session.execute(update(TASKS).where(TASKS.c.id == task_id, TASKS.c.status != TaskStatus.CANCELLED)
+                                  .values(result=final, status=TaskStatus.COMPLETED, finished_at=utcnow()))
 
         ctx.on_commit(write)
         self._publish_after_commit(ctx, "task.done", task_id, {"result": final})
@@ -558,8 +697,8 @@ class Engine:
 
     async def _choose(self, *, category: str, exclude: tuple[str, ...], diverse_from: tuple[Candidate, ...],
                       prefer: int | None) -> dict[str, Any] | None:
-        async with self._sessions() as session:
-            candidates = await load_candidates(session, router=self._router)
+        async with self._reads() as session:
+            candidates = await self._candidates.get(session, router=self._router)
             choice = await self._selector.choose(session, category=category, exclude=exclude,
                                                  diverse_from=diverse_from, prefer_model_id=prefer,
                                                  candidates=candidates)
@@ -611,7 +750,7 @@ class Engine:
     async def _verdict(self, *, task_id: int, subtask_id: int, validator: Candidate, prompt: str,
                        answer: str) -> dict[str, Any]:
         """The validator's structured verdict; malformed twice means unvalidated, with that reason."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             reviewer = await role_prompt(session, AiRole.REVIEWER)
         messages = [ChatMessage("system", reviewer.system_prompt),
                     ChatMessage("user", f"SUBTASK:\n{prompt}\n\nRESULT:\n{answer}\n\nReview the RESULT "
@@ -623,7 +762,7 @@ class Engine:
             result = await self._call(task_id=task_id, subtask_id=subtask_id, event="verdict",
                                       choice=_choice_like(validator),
                                       request=ChatRequest(model=validator.key, messages=messages,
-                                                          json_schema=json_schema(Verdict), temperature=0.0))
+                                                          json_schema=_schema(Verdict), temperature=0.0))
             try:
                 return parse_output(Verdict, result.text).model_dump()
             except MalformedOutputError as err:
@@ -635,7 +774,7 @@ class Engine:
     async def _judge(self, *, task_id: int, subtask_id: int, judge: Candidate, prompt: str, first: str,
                      second: str, review: str) -> dict[str, Any]:
         """One judgement with `first` shown as the RESULT and `second` as the ALTERNATIVE."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             tiebreaker = await role_prompt(session, AiRole.TIEBREAKER)
         messages = [ChatMessage("system", tiebreaker.system_prompt),
                     ChatMessage("user", f"SUBTASK:\n{prompt}\n\nRESULT:\n{first}\n\nREVIEW:\n{review}\n\n"
@@ -647,7 +786,7 @@ class Engine:
         for _ in range(2):
             result = await self._call(task_id=task_id, subtask_id=subtask_id, event="judge", choice=_choice_like(judge),
                                       request=ChatRequest(model=judge.key, messages=messages,
-                                                          json_schema=json_schema(Judgement), temperature=0.0))
+                                                          json_schema=_schema(Judgement), temperature=0.0))
             try:
                 return parse_output(Judgement, result.text).model_dump()
             except MalformedOutputError as err:
@@ -684,16 +823,6 @@ class Engine:
                 stack.enter_context(self._monitor_state.using_model(deployment.provider.name, deployment.model))
         return stack
 
-    async def _save_result(self, subtask_id: int, answer: str, executor_model_id: int) -> None:
-        """The executor's answer is stored before validation starts (nothing after can lose it)."""
-        async with self._sessions() as session, session.begin():
-            await session.execute(update(Subtask).where(Subtask.id == subtask_id).values(
-                result=answer, executor_model_id=executor_model_id, status=SubtaskStatus.VALIDATING))
-
-    async def _set_status(self, subtask_id: int, status: SubtaskStatus) -> None:
-        async with self._sessions() as session, session.begin():
-            await session.execute(update(Subtask).where(Subtask.id == subtask_id).values(status=status))
-
     async def _enqueue_ready(self, session: AsyncSession, task_id: int, subtasks: list[Subtask]) -> None:
         done = {s.seq for s in subtasks if s.status == SubtaskStatus.COMPLETED}
         ready = [s for s in subtasks if s.status == SubtaskStatus.PENDING and set(s.depends_on) <= done]
@@ -711,11 +840,14 @@ class Engine:
             await self._queue.enqueue_in(session, specs)
 
     async def _schedule_after(self, session: AsyncSession, finished: Subtask) -> None:
-        siblings = list((await session.scalars(select(Subtask).where(Subtask.task_id == finished.task_id))).all())
-        await self._enqueue_ready(session, finished.task_id, siblings)
+        await self._schedule_task(session, finished.task_id)
+
+    async def _schedule_task(self, session: AsyncSession, task_id: int) -> None:
+        siblings = list((await session.scalars(select(Subtask).where(Subtask.task_id == task_id))).all())
+        await self._enqueue_ready(session, task_id, siblings)
 
     async def _fail_task(self, task_id: int, reason: str) -> None:
-        async with self._sessions() as session, session.begin():
+        async with self._queue.session() as session:
             task = await session.get(Task, task_id)
             if task is None or task.status in (TaskStatus.CANCELLED, TaskStatus.COMPLETED):
                 return
@@ -731,7 +863,7 @@ class Engine:
         if job.task_id is None:
             return
         if job.subtask_id is not None:
-            async with self._sessions() as session, session.begin():
+            async with self._queue.session() as session:
                 await session.execute(update(Subtask).where(Subtask.id == job.subtask_id).values(
                     status=SubtaskStatus.FAILED, error=reason[:4000], finished_at=utcnow()))
         await self._fail_task(job.task_id, reason)
@@ -744,20 +876,27 @@ class Engine:
                    level: LogLevel = LogLevel.INFO, prompt: str | None = None, response: str | None = None,
                    latency_ms: float | None = None, tokens: dict[str, Any] | None = None,
                    details: dict[str, Any] | None = None) -> None:
-        """One row of execution_logs, secrets redacted; logging never fails the work."""
+        """One row of execution_logs, secrets redacted; logging never fails the work.
+
+        Inside a job the row rides the job's next durable write (the step whose call it logs, or
+        the attempt's failure), so a step costs one transaction, not one per row.
+        """
         tokens = tokens or {}
-        row = ExecutionLog(
-            task_id=task_id, subtask_id=subtask_id, model_id=choice.candidate.model_id,
-            provider_id=choice.candidate.provider_id, level=level, event=event[:64],
-            prompt=redact_text(prompt[:MAX_LOGGED_CHARS]) if prompt else None,
-            response=redact_text(response[:MAX_LOGGED_CHARS]) if response else None,
-            prompt_tokens=tokens.get("prompt_tokens"), completion_tokens=tokens.get("completion_tokens"),
-            latency_ms=int(latency_ms) if latency_ms is not None else None,
-            details=json.loads(json.dumps({"model": choice.candidate.key, **(details or {})}, default=str)),
-        )
+        row = {
+            "task_id": task_id, "subtask_id": subtask_id, "model_id": choice.candidate.model_id,
+            "provider_id": choice.candidate.provider_id, "level": level, "event": event[:64],
+            "prompt": redact_text(prompt[:MAX_LOGGED_CHARS]) if prompt else None,
+            "response": redact_text(response[:MAX_LOGGED_CHARS]) if response else None,
+            "prompt_tokens": tokens.get("prompt_tokens"), "completion_tokens": tokens.get("completion_tokens"),
+            "latency_ms": int(latency_ms) if latency_ms is not None else None,
+            "details": json.loads(json.dumps({"model": choice.candidate.key, **(details or {})}, default=str)),
+            "created_at": utcnow(),
+        }
+        if defer_write(PendingWrite(_INSERT_LOG, row)):
+            return
         try:
-            async with self._sessions() as session, session.begin():
-                session.add(row)
+            async with self._queue.session() as session:
+                await session.execute(_INSERT_LOG, row)
         except Exception:  # boundary: a failed log write is reported, the model's work is kept
             log.exception("could not write an execution log row", task_id=task_id, event_name=event)
 
@@ -770,6 +909,12 @@ class Engine:
     def _publish(self, kind: str, task_id: int, payload: dict[str, Any]) -> None:
         if self._bus is not None:
             self._bus.publish(Event(topic="task", kind=kind, task_id=task_id, payload=payload))
+
+
+@functools.cache
+def _schema(model: type[Verdict] | type[Judgement]) -> dict[str, Any]:
+    """Structured-output schemas are built once (pydantic's schema generation is not cheap)."""
+    return json_schema(model)
 
 
 def _candidate(data: dict[str, Any]) -> Candidate:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, Protocol, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, case, func, select, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,9 +28,31 @@ from bot.db.models import AiModel, AiQualityMetric
 
 VALIDATION_PRIOR = 60.0
 VALIDATION_PRIOR_WEIGHT = 3.0
+METRICS = cast(Table, AiQualityMetric.__table__)
 
 
-def ranking_score(metric: AiQualityMetric) -> float:
+class MetricLike(Protocol):
+    """What the ranking score reads: an ORM row or a Core row of ai_quality_metrics."""
+
+    @property
+    def runs(self) -> int: ...
+    @property
+    def successes(self) -> int: ...
+    @property
+    def validations(self) -> int: ...
+    @property
+    def mean_validation_score(self) -> float | None: ...
+    @property
+    def tiebreaks_won(self) -> int: ...
+    @property
+    def tiebreaks_lost(self) -> int: ...
+    @property
+    def ratings_count(self) -> int: ...
+    @property
+    def ratings_mean(self) -> float | None: ...
+
+
+def ranking_score(metric: MetricLike) -> float:
     """The documented ranking score of one metrics row."""
     success = (metric.successes + 1) / (metric.runs + 2)
     validated = metric.validations * (metric.mean_validation_score or 0.0)
@@ -77,33 +101,86 @@ class Outcome:
     at: datetime | None = None
 
 
+def _fold_statement() -> Any:
+    """One UPDATE that folds an outcome into a metrics row, as SQL arithmetic on the stored values.
+
+    Parameters zero out what an outcome does not report, so every outcome of a group commit is one
+    executemany. Derived columns are assigned first and computed from the old values plus the
+    deltas: MySQL/MariaDB apply SET assignments left to right, SQLite from the old row; written
+    this way both give the same result.
+    """
+    runs_after = METRICS.c.runs + bindparam("d_runs")
+    successes_after = METRICS.c.successes + bindparam("d_successes")
+    validations_after = METRICS.c.validations + bindparam("d_validations")
+    previous_score = func.coalesce(METRICS.c.mean_validation_score, 0.0)
+    return (
+        update(METRICS)
+        .where(METRICS.c.model_id == bindparam("b_model"), METRICS.c.category == bindparam("b_category"))
+        .ordered_values(
+            (METRICS.c.success_rate,
+             case((runs_after > 0, successes_after * 1.0 / runs_after), else_=METRICS.c.success_rate)),
+            (METRICS.c.mean_time_ms,
+             case((bindparam("has_duration") == 1,
+                   METRICS.c.mean_time_ms + (bindparam("duration_ms") - METRICS.c.mean_time_ms) / runs_after),
+                  else_=METRICS.c.mean_time_ms)),
+            (METRICS.c.mean_validation_score,
+             case((bindparam("d_validations") == 1,
+                   previous_score + (bindparam("score") - previous_score) / validations_after),
+                  else_=METRICS.c.mean_validation_score)),
+            (METRICS.c.runs, runs_after),
+            (METRICS.c.successes, successes_after),
+            (METRICS.c.failures, METRICS.c.failures + bindparam("d_failures")),
+            (METRICS.c.validations, validations_after),
+            (METRICS.c.tiebreaks_won, METRICS.c.tiebreaks_won + bindparam("d_won")),
+            (METRICS.c.tiebreaks_lost, METRICS.c.tiebreaks_lost + bindparam("d_lost")),
+            (METRICS.c.last_used_at, bindparam("at", type_=METRICS.c.last_used_at.type)),
+            (METRICS.c.updated_at, bindparam("at", type_=METRICS.c.updated_at.type)),
+        )
+    )
+
+
+_FOLD = _fold_statement()
+
+
+def _fold_params(outcome: Outcome) -> dict[str, Any]:
+    ran = outcome.succeeded is not None
+    return {
+        "b_model": outcome.model_id, "b_category": outcome.category,
+        "d_runs": int(ran), "d_successes": int(outcome.succeeded is True),
+        "d_failures": int(outcome.succeeded is False),
+        "has_duration": int(ran and outcome.duration_ms is not None), "duration_ms": float(outcome.duration_ms or 0.0),
+        "d_validations": int(outcome.validation_score is not None), "score": float(outcome.validation_score or 0.0),
+        "d_won": int(outcome.tiebreak == "won"), "d_lost": int(outcome.tiebreak == "lost"),
+        "at": outcome.at or utcnow(),
+    }
+
+
+async def _ensure_rows(session: AsyncSession, pairs: list[tuple[int, str]]) -> None:
+    """Create missing metrics rows; a row another daemon creates meanwhile is simply kept."""
+    now = utcnow()
+    rows = [{"model_id": model_id, "category": category, "runs": 0, "successes": 0, "failures": 0,
+             "success_rate": 0.0, "mean_time_ms": 0.0, "validations": 0, "tiebreaks_won": 0, "tiebreaks_lost": 0,
+             "ratings_count": 0, "updated_at": now} for model_id, category in pairs]
+    if session.bind is not None and session.bind.dialect.name == "sqlite":
+        statement: Any = sqlite_insert(METRICS).on_conflict_do_nothing(index_elements=["model_id", "category"])
+    else:
+        insert_statement = mysql_insert(METRICS)
+        statement = insert_statement.on_duplicate_key_update(model_id=insert_statement.inserted.model_id)
+    await session.execute(statement, rows)
+
+
 async def record_outcomes(session: AsyncSession, outcomes: list[Outcome]) -> None:
-    """Fold outcomes into the metrics and re-rank the touched categories, in the caller's transaction."""
-    touched: set[str] = set()
-    # Lock rows in a stable order so two daemons updating the same models never deadlock.
-    for outcome in sorted(outcomes, key=lambda o: (o.model_id, o.category)):
-        row = await _metric_row(session, model_id=outcome.model_id, category=outcome.category)
-        if outcome.succeeded is not None:
-            row.runs += 1
-            if outcome.succeeded:
-                row.successes += 1
-            else:
-                row.failures += 1
-            row.success_rate = row.successes / row.runs
-            if outcome.duration_ms is not None:
-                row.mean_time_ms += (outcome.duration_ms - row.mean_time_ms) / row.runs
-        if outcome.validation_score is not None:
-            previous = row.mean_validation_score or 0.0
-            row.validations += 1
-            row.mean_validation_score = previous + (outcome.validation_score - previous) / row.validations
-        if outcome.tiebreak == "won":
-            row.tiebreaks_won += 1
-        elif outcome.tiebreak == "lost":
-            row.tiebreaks_lost += 1
-        row.last_used_at = outcome.at or utcnow()
-        touched.add(outcome.category)
-    await session.flush()
-    for category in sorted(touched):
+    """Fold outcomes into the metrics and re-rank the touched categories, in the caller's transaction.
+
+    Plain SQL on the stored values (no read-modify-write), in a stable row order so two daemons
+    updating the same models never deadlock; re-ranking writes only the ranks that changed.
+    """
+    if not outcomes:
+        return
+    ordered = sorted(outcomes, key=lambda o: (o.model_id, o.category))
+    await _ensure_rows(session, sorted({(o.model_id, o.category) for o in ordered}))
+    await session.execute(_FOLD, [_fold_params(outcome) for outcome in ordered])
+    for category in sorted({o.category for o in ordered}):
         await rerank(session, category)
 
 
@@ -119,13 +196,23 @@ async def record_rating(session: AsyncSession, *, model_id: int, category: str, 
     await rerank(session, category)
 
 
+_SET_RANK = (
+    update(METRICS).where(METRICS.c.id == bindparam("b_id")).values(rank=bindparam("b_rank"))
+)
+
+
 async def rerank(session: AsyncSession, category: str) -> None:
-    """Recompute `rank` for every model in a category from `ranking_score`."""
-    rows = list((await session.scalars(select(AiQualityMetric).where(AiQualityMetric.category == category))).all())
-    rows.sort(key=lambda r: (-ranking_score(r), r.model_id))
-    for position, row in enumerate(rows, start=1):
-        row.rank = position
-    await session.flush()
+    """Recompute `rank` for every model in a category from `ranking_score`; writes only changes.
+
+    Usually no rank changes, so no row is written (on MariaDB: no row of the category is locked).
+    """
+    await session.flush()  # ORM changes of the caller (a rating) are part of the ranking
+    rows = (await session.execute(select(METRICS).where(METRICS.c.category == category))).all()
+    ranked = sorted(rows, key=lambda r: (-ranking_score(cast(MetricLike, r)), r.model_id))
+    changed = [{"b_id": row.id, "b_rank": position} for position, row in enumerate(ranked, start=1)
+               if row.rank != position]
+    if changed:
+        await session.execute(_SET_RANK, changed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,15 +22,27 @@ from bot.engine.orchestrator import Engine
 from bot.engine.providers.configured import load_providers
 from bot.engine.providers.port import LLMProvider
 from bot.engine.providers.registry import ModelRegistry
-from bot.engine.providers.router import Deployment, Router
+from bot.engine.providers.router import Deployment, Router, RouterConfig
 from bot.engine.providers.usage import CreditRecorder
 from bot.engine.queue import JobQueue, Worker
 from bot.events import EventBus
 from bot.logs import get_logger
-from bot.settings import Settings
+from bot.settings import RouterSettings, Settings
 
 log = get_logger(__name__)
 EMBEDDED_PROVIDER = "embedded"
+
+
+def router_config(settings: RouterSettings) -> RouterConfig:
+    """The router's policy from the `[router]` settings section (validated there)."""
+    return RouterConfig(
+        retries_per_group=settings.retries_per_group, backoff_base_s=settings.backoff_base_s,
+        backoff_max_s=settings.backoff_max_s, max_wait_s=settings.max_wait_s, cooldown_s=settings.cooldown_s,
+        failure_window_s=settings.failure_window_s, allowed_fails=settings.allowed_fails,
+        failure_ratio=settings.failure_ratio, first_token_timeout_s=settings.first_token_timeout_s,
+        total_timeout_s=settings.total_timeout_s,
+        fallbacks={group: tuple(chain) for group, chain in settings.fallbacks.items()},
+    )
 
 
 @dataclass
@@ -56,7 +68,7 @@ class EngineRuntime:
 
     async def start(self, *, run_worker: bool = True) -> None:
         """Connect providers, sync their models, and (optionally) start claiming work."""
-        self.router = Router(on_call=CreditRecorder(self.sessions))
+        self.router = Router(config=router_config(self.settings.router), on_call=CreditRecorder(self.sessions))
         await self._connect_providers()
         self.registry = ModelRegistry(sessions=self.sessions, providers=self.providers,
                                       on_event=self.bus.publish if self.bus else None)

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.models import AiModel, AiProvider, AiQualityMetric
+from bot.db.models import AiModel, AiProvider
 from bot.engine.providers.router import Router
-from bot.engine.quality import ranking_score
+from bot.engine.quality import METRICS, ranking_score
 
 EXPLORATION = 0.15
 LOADED_BONUS = 0.10
@@ -113,6 +114,27 @@ async def load_candidates(session: AsyncSession, *, router: Router) -> list[Cand
     return candidates
 
 
+class CandidateCache:
+    """`load_candidates`, re-read at most every `ttl_s`: every model choice needs the list, and it
+    changes only when models are enabled, loaded or synced (seen within a second). The quality
+    metrics that rank the candidates are always read fresh by `Selector.choose`."""
+
+    def __init__(self, *, ttl_s: float = 1.0) -> None:
+        self.ttl_s = ttl_s
+        self._loaded_at = float("-inf")
+        self._routable: frozenset[str] = frozenset()
+        self._candidates: list[Candidate] = []
+
+    async def get(self, session: AsyncSession, *, router: Router) -> list[Candidate]:
+        """The current candidates (a fresh read when stale or when the router's models changed)."""
+        routable = frozenset(router.groups())
+        now = time.monotonic()
+        if now - self._loaded_at >= self.ttl_s or routable != self._routable:
+            self._candidates = await load_candidates(session, router=router)
+            self._loaded_at, self._routable = now, routable
+        return list(self._candidates)
+
+
 class Selector:
     """Scores candidates for a role; never returns a model in `exclude`."""
 
@@ -136,11 +158,12 @@ class Selector:
         pool = [c for c in pool if c.identity not in excluded]
         if not pool:
             return None
+        # Core rows, not ORM objects: this runs for every choice and only reads.
         metrics = {
             row.model_id: row
-            for row in (await session.scalars(
-                select(AiQualityMetric).where(AiQualityMetric.category == category,
-                                              AiQualityMetric.model_id.in_([c.model_id for c in pool]))
+            for row in (await session.execute(
+                select(METRICS).where(METRICS.c.category == category,
+                                      METRICS.c.model_id.in_([c.model_id for c in pool]))
             )).all()
         }
         total_runs = sum(m.runs for m in metrics.values())

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from bot.logs import get_logger
 from bot.platforms.errors import PlatformConfigError
-from bot.platforms.events import Card, Conversation, IncomingEvent, Place
+from bot.platforms.events import Card, Conversation, IncomingEvent, Place, Sender
 
 log = get_logger("bot.platforms")
 
@@ -127,8 +127,9 @@ class Platform(abc.ABC):
         """Close the connection; must be safe to call twice."""
 
     @abc.abstractmethod
-    def conversation(self, place: Place) -> Conversation:
-        """A conversation to post into (alerts, notifications) without an incoming event."""
+    def conversation(self, place: Place, sender: Sender | None = None) -> Conversation:
+        """A conversation to post into without an incoming event (alerts; a task's thread after a
+        restart, on behalf of the `sender` who asked)."""
 
     # -- shared helpers ---------------------------------------------------------------------------
     def dispatch(self, event: IncomingEvent, conversation: Conversation) -> asyncio.Task[object]:

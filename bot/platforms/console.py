@@ -1,7 +1,9 @@
 """The console: the same commands in a terminal, with no token — and the harness for end-to-end tests.
 
 Lines starting with "/" are commands, anything else is a plain message, exactly as a person
-would type them in Slack or Discord. A streamed answer is printed as it grows (an edit that
+would type them in Slack or Discord. The terminal has no threads to reply in or buttons to press,
+so two lines stand for them: `reply <task> <text>` continues a task's thread, and a card's buttons
+are printed as numbered choices that `choose <number>` presses. A streamed answer is printed as it grows (an edit that
 extends the current message prints only the new text). Files go to a directory on disk.
 Tests drive it with `await console.submit("/help")`, which returns the final text of every message
 the command produced.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -20,7 +23,9 @@ from typing import TextIO
 
 from bot.platforms.base import EventSink, Platform
 from bot.platforms.events import (
+    ButtonPress,
     Card,
+    CardAction,
     Conversation,
     IncomingCommand,
     IncomingMessage,
@@ -34,6 +39,17 @@ from bot.platforms.i18n import translate
 PLATFORM = "console"
 CONSOLE_LIMITS = StreamLimits(max_chars=100_000, min_edit_interval_s=0.05, max_messages=1)
 QUIT_WORDS = frozenset({"/quit", "/exit"})
+_REPLY = re.compile(r"^reply\s+#?(\d{1,12})\s+(.+)$", re.IGNORECASE | re.DOTALL)
+_CHOOSE = re.compile(r"^choose\s+#?(\d{1,9})$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ConsoleChoice:
+    """A button printed as a numbered choice: which message it is on and what pressing it sends."""
+
+    message_id: str
+    place: Place
+    action: CardAction
 
 
 @dataclass
@@ -83,8 +99,12 @@ class ConsoleHandle(MessageHandle):
         self._message = message
         self.message_id = message.message_id
 
-    async def edit(self, text: str) -> None:
-        """Change the message's text on screen."""
+    async def edit(self, text: str, *, card: Card | None = None) -> None:
+        """Change the message's text on screen (a new card's choices replace the old ones)."""
+        if card is not None:
+            self._message.card = card
+            self._console.forget_choices(self._message.message_id)
+            text = self._console.with_choices(text, card, self._message.message_id, self._message.thread_id)
         self._message.text = text
         self._message.versions.append(text)
         self._console.screen.show_edit(self._message)
@@ -100,8 +120,11 @@ class ConsoleConversation(Conversation):
         self.sender = sender
 
     async def say(self, text: str, *, card: Card | None = None) -> MessageHandle:
-        """Print a new message."""
+        """Print a new message (a card's buttons as numbered choices)."""
         message = self._console.record(text, thread_id=self.place.thread_id, card=card)
+        if card is not None and card.actions:
+            message.text = self._console.with_choices(text, card, message.message_id, self.place.thread_id)
+            message.versions[-1] = message.text
         self._console.screen.show_new(message)
         return ConsoleHandle(self._console, message)
 
@@ -119,6 +142,18 @@ class ConsoleConversation(Conversation):
         """A thread is shown as a prefix on each of its lines."""
         place = Place(platform=PLATFORM, channel_id=self.place.channel_id, thread_id=anchor.message_id)
         return ConsoleConversation(self._console, place, self.sender)
+
+    def at(self, place: Place) -> Conversation:
+        """The terminal, shown as in another thread."""
+        return ConsoleConversation(self._console, place, self.sender)
+
+    def message(self, message_id: str) -> MessageHandle:
+        """A printed message by its id."""
+        for message in self._console.messages:
+            if message.message_id == message_id:
+                return ConsoleHandle(self._console, message)
+        message = ConsoleMessage(message_id=message_id, text="", thread_id=self.place.thread_id)
+        return ConsoleHandle(self._console, message)
 
 
 class ConsolePlatform(Platform):
@@ -144,6 +179,8 @@ class ConsolePlatform(Platform):
         self.messages: list[ConsoleMessage] = []
         self.files: list[Path] = []
         self.ids = itertools.count(1)
+        self.choices: dict[int, ConsoleChoice] = {}
+        self._choice_ids = itertools.count(1)
         stream = output
         self.screen = _Screen(self._writer(stream) if stream is not None else (lambda _text: None))
 
@@ -161,9 +198,27 @@ class ConsolePlatform(Platform):
     async def _disconnect(self) -> None:
         """Nothing to close."""
 
-    def conversation(self, place: Place) -> Conversation:
+    def conversation(self, place: Place, sender: Sender | None = None) -> Conversation:
         """The terminal (alerts print here too)."""
-        return ConsoleConversation(self, place)
+        return ConsoleConversation(self, place, sender or self.sender)
+
+    def with_choices(self, text: str, card: Card, message_id: str, thread_id: str | None) -> str:
+        """`text` followed by the card's buttons as numbered choices, which `choose <n>` presses."""
+        if not card.actions:
+            return text
+        place = Place(platform=PLATFORM, channel_id=self.place.channel_id, thread_id=thread_id)
+        lines = [text]
+        for action in card.actions:
+            number = next(self._choice_ids)
+            self.choices[number] = ConsoleChoice(message_id=message_id, place=place, action=action)
+            lines.append(f"  [{number}] {action.label}")
+        lines.append(translate("console.choose_hint", self.language))
+        return "\n".join(lines)
+
+    def forget_choices(self, message_id: str) -> None:
+        """A card was replaced: its old numbered choices no longer exist."""
+        for number in [n for n, choice in self.choices.items() if choice.message_id == message_id]:
+            del self.choices[number]
 
     def record(self, text: str, *, thread_id: str | None, card: Card | None) -> ConsoleMessage:
         """Remember a printed message (tests read `messages`)."""
@@ -172,19 +227,33 @@ class ConsolePlatform(Platform):
         self.messages.append(message)
         return message
 
-    def event_for(self, line: str) -> IncomingCommand | IncomingMessage:
-        """The neutral event a typed line stands for."""
+    def event_for(self, line: str) -> IncomingCommand | IncomingMessage | ButtonPress | None:
+        """The neutral event a typed line stands for (None: `choose` with no such open choice)."""
         stripped = line.strip()
         if stripped.startswith("/"):
             name, _, text = stripped[1:].partition(" ")
             return IncomingCommand(sender=self.sender, place=self.place, name=name, text=text.strip())
-        return IncomingMessage(sender=self.sender, place=self.place, text=stripped, message_id=str(next(self.ids)))
+        if chosen := _CHOOSE.match(stripped):
+            choice = self.choices.get(int(chosen.group(1)))
+            if choice is None:
+                return None
+            return ButtonPress(sender=self.sender, place=choice.place, message_id=choice.message_id,
+                               action_id=choice.action.action_id, value=choice.action.value)
+        message_id = str(next(self.ids))
+        if reply := _REPLY.match(stripped):
+            return IncomingMessage(sender=self.sender, place=self.place, text=reply.group(2).strip(),
+                                   message_id=message_id, task_id=int(reply.group(1)))
+        return IncomingMessage(sender=self.sender, place=self.place, text=stripped, message_id=message_id)
 
     async def submit(self, line: str) -> list[str]:
         """Handle one typed line to completion; the final texts of the messages it produced."""
         before = len(self.messages)
-        conversation = ConsoleConversation(self, self.place, self.sender)
-        await self.dispatch(self.event_for(line), conversation)
+        event = self.event_for(line)
+        conversation = ConsoleConversation(self, event.place if event is not None else self.place, self.sender)
+        if event is None:
+            await conversation.say(translate("console.no_choice", self.language, line=line.strip()))
+        else:
+            await self.dispatch(event, conversation)
         self.screen.close_line()
         return [message.text for message in self.messages[before:]]
 

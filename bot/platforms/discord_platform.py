@@ -58,6 +58,10 @@ SEVERITY_COLOUR = {"critical": 0xE01E5A, "warning": 0xECB22E, "info": 0x36C5F0}
 # Interaction and callback types (discord-api-docs interactions/receiving-and-responding).
 PING, APPLICATION_COMMAND, MESSAGE_COMPONENT = 1, 2, 3
 PONG, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE_MESSAGE = 1, 5, 6
+ACTION_ROW, BUTTON = 1, 2
+BUTTON_STYLE = {"primary": 1, "danger": 4}  # anything else: secondary (2)
+EPHEMERAL = 64
+CUSTOM_ID_SEPARATOR = "|"  # a button's custom_id carries "<action_id>|<value>"
 SUB_COMMAND, SUB_COMMAND_GROUP, STRING, INTEGER = 1, 2, 3, 4
 
 
@@ -261,12 +265,31 @@ def card_embed(card: Card) -> dict[str, Any]:
     return embed
 
 
+def card_components(card: Card) -> list[dict[str, Any]]:
+    """A card's buttons as action rows (five buttons a row); no buttons is an empty list, which removes them."""
+    buttons = [
+        {
+            "type": BUTTON,
+            "style": BUTTON_STYLE.get(action.style or "", 2),
+            "label": action.label[:80],
+            "custom_id": f"{action.action_id}{CUSTOM_ID_SEPARATOR}{action.value}"[:100],
+        }
+        for action in card.actions[:25]
+    ]
+    return [{"type": ACTION_ROW, "components": buttons[i : i + 5]} for i in range(0, len(buttons), 5)]
+
+
 def _message_json(text: str, card: Card | None) -> dict[str, Any]:
     payload: dict[str, Any] = {"content": text[:2000], "allowed_mentions": {"parse": []}}
     if card is not None:
         payload["embeds"] = [card_embed(card)]
         payload["content"] = ""
+        payload["components"] = card_components(card)
     return payload
+
+
+def _edit_json(text: str, card: Card | None) -> dict[str, Any]:
+    return _message_json(text, card) if card is not None else {"content": text[:2000]}
 
 
 class DiscordRest:
@@ -321,12 +344,12 @@ class _WebhookMessage(MessageHandle):
         self._original = original
         self.message_id = message_id
 
-    async def edit(self, text: str) -> None:
+    async def edit(self, text: str, *, card: Card | None = None) -> None:
         """Edit the interaction's original response or a follow-up."""
         await self._rest.call(
             "PATCH",
             "/webhooks/{webhook_id}/{webhook_token}/messages/" + ("@original" if self._original else "{message_id}"),
-            json_body={"content": text[:2000]},
+            json_body=_edit_json(text, card),
             webhook_id=self._rest.application_id,
             webhook_token=self._token,
             message_id=self.message_id,
@@ -339,12 +362,12 @@ class _ChannelMessage(MessageHandle):
         self.channel_id = channel_id
         self.message_id = message_id
 
-    async def edit(self, text: str) -> None:
+    async def edit(self, text: str, *, card: Card | None = None) -> None:
         """PATCH the channel message."""
         await self._rest.call(
             "PATCH",
             "/channels/{channel_id}/messages/{message_id}",
-            json_body={"content": text[:2000]},
+            json_body=_edit_json(text, card),
             channel_id=self.channel_id,
             message_id=self.message_id,
         )
@@ -384,6 +407,14 @@ class DiscordChannelConversation(Conversation):
     async def open_thread(self, *, title: str, anchor: MessageHandle) -> Conversation:
         """A public thread started on `anchor`; in DMs (no threads) the DM itself."""
         return await _open_thread(self._rest, self.place, title=title, anchor=anchor, sender=self.sender)
+
+    def at(self, place: Place) -> Conversation:
+        """Another channel or thread, with the bot token."""
+        return DiscordChannelConversation(self._rest, place, self.sender)
+
+    def message(self, message_id: str) -> MessageHandle:
+        """A message of this channel."""
+        return _ChannelMessage(self._rest, channel_id=self.place.channel_id, message_id=message_id)
 
 
 async def _open_thread(
@@ -455,6 +486,24 @@ class DiscordInteractionConversation(Conversation):
         """A thread on the reply; work there uses the bot token, not the 15-minute interaction token."""
         return await _open_thread(self._rest, self.place, title=title, anchor=anchor, sender=self.sender)
 
+    def at(self, place: Place) -> Conversation:
+        """Another channel or thread, with the bot token (the interaction token expires)."""
+        return DiscordChannelConversation(self._rest, place, self.sender)
+
+    def message(self, message_id: str) -> MessageHandle:
+        """A message of the interaction's channel (e.g. the card whose button was pressed)."""
+        return _ChannelMessage(self._rest, channel_id=self.place.channel_id, message_id=message_id)
+
+    async def say_private(self, text: str) -> None:
+        """An ephemeral follow-up: only the person who pressed or typed sees it."""
+        await self._rest.call(
+            "POST",
+            "/webhooks/{webhook_id}/{webhook_token}?wait=true",
+            json_body={"content": text[:2000], "flags": EPHEMERAL, "allowed_mentions": {"parse": []}},
+            webhook_id=self._rest.application_id,
+            webhook_token=self._token,
+        )
+
 
 # -- the platform -------------------------------------------------------------------------------
 class DiscordPlatform(Platform):
@@ -516,6 +565,8 @@ class DiscordPlatform(Platform):
         intents.guild_messages = True
         intents.dm_messages = True
         intents.guild_reactions = True
+        # Privileged: without it Discord sends no text for thread replies that do not mention the bot.
+        intents.message_content = self.settings.message_content_intent
         client = discord.Client(intents=intents, guild_ready_timeout=self.guild_ready_timeout_s)
         client.event(self.on_interaction)
         client.event(self.on_message)
@@ -562,11 +613,11 @@ class DiscordPlatform(Platform):
             http, self._http = self._http, None
             await http.close()
 
-    def conversation(self, place: Place) -> Conversation:
-        """A channel to post into with the bot token (alerts, notifications)."""
+    def conversation(self, place: Place, sender: Sender | None = None) -> Conversation:
+        """A channel or thread to post into with the bot token (alerts, task threads)."""
         if self.rest is None:
             raise DeliveryError("Discord is not connected")
-        return DiscordChannelConversation(self.rest, place)
+        return DiscordChannelConversation(self.rest, place, sender)
 
     # -- interactions: one path for the gateway and the HTTP endpoint ------------------------------
     def _interaction_event(
@@ -590,12 +641,13 @@ class DiscordPlatform(Platform):
             return command, conversation
         if interaction.get("type") == MESSAGE_COMPONENT:
             message = interaction.get("message") or {}
+            action_id, _, value = str(data.get("custom_id", "")).partition(CUSTOM_ID_SEPARATOR)
             press = ButtonPress(
                 sender=sender,
                 place=place,
                 message_id=str(message.get("id", "")),
-                action_id=str(data.get("custom_id", "")),
-                value=",".join(str(v) for v in data.get("values", [])),
+                action_id=action_id,
+                value=value or ",".join(str(v) for v in data.get("values", [])),
                 event_id=interaction.get("id"),
             )
             return press, conversation
@@ -653,15 +705,17 @@ class DiscordPlatform(Platform):
 
     # -- gateway messages and reactions ------------------------------------------------------------
     async def on_message(self, message: discord.Message) -> None:
-        """A mention or DM becomes an IncomingMessage (or a command when it starts with "/")."""
+        """A mention or DM becomes an IncomingMessage (or a command when it starts with "/"); any other
+        message with text is an unaddressed one, which only a task's thread takes (the dispatcher asks)."""
         discord = load_discord()
 
         client = self.client
         if client is None or client.user is None or message.author.bot:
             return
         is_dm = isinstance(message.channel, discord.DMChannel)
-        if not is_dm and client.user not in message.mentions:
-            return
+        addressed = is_dm or client.user in message.mentions
+        if not addressed and not message.content.strip():
+            return  # without the message content intent Discord sends other messages without text
         assert self.rest is not None
         text = message.content.replace(f"<@{client.user.id}>", "").replace(f"<@!{client.user.id}>", "").strip()
         sender = Sender(
@@ -672,11 +726,14 @@ class DiscordPlatform(Platform):
         )
         place = Place(PLATFORM, str(message.channel.id))
         conversation = DiscordChannelConversation(self.rest, place, sender)
-        if text.startswith("/"):
+        if addressed and text.startswith("/"):
             name, _, rest = text[1:].partition(" ")
             self.dispatch(IncomingCommand(sender=sender, place=place, name=name, text=rest.strip()), conversation)
             return
-        self.dispatch(IncomingMessage(sender=sender, place=place, text=text, message_id=str(message.id)), conversation)
+        incoming = IncomingMessage(
+            sender=sender, place=place, text=text, message_id=str(message.id), addressed=addressed
+        )
+        self.dispatch(incoming, conversation)
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         """A reaction on a message becomes ReactionAdded (ratings)."""

@@ -52,7 +52,12 @@ class IncomingCommand:
 
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
-    """A plain message addressed to the bot (a mention, a DM, a reply in one of its threads)."""
+    """A plain message: a mention, a DM, or a reply in a thread.
+
+    `addressed` is False for a thread reply that does not name the bot: only threads the bot
+    follows (a task's thread) take those, every other channel message is none of our business.
+    `task_id` is set where there are no threads to reply in (the console's `reply <task> <text>`).
+    """
 
     sender: Sender
     place: Place
@@ -60,6 +65,8 @@ class IncomingMessage:
     message_id: str
     event_id: str | None = None
     received_at: datetime = field(default_factory=utcnow)
+    addressed: bool = True
+    task_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +96,25 @@ IncomingEvent = IncomingCommand | IncomingMessage | ReactionAdded | ButtonPress
 
 
 @dataclass(frozen=True, slots=True)
+class CardAction:
+    """A button on a card: pressing it comes back as a ButtonPress with this `action_id` and `value`."""
+
+    action_id: str
+    label: str
+    value: str = ""
+    style: str | None = None  # "primary" or "danger"; None is the platform's default look
+
+
+@dataclass(frozen=True, slots=True)
 class Card:
-    """A structured message (alerts, status): a Discord embed, Slack blocks, or plain console text."""
+    """A structured message (alerts, status, disputes): a Discord embed, Slack blocks, or console text."""
 
     title: str
     body: str = ""
     fields: tuple[tuple[str, str], ...] = ()
     severity: str | None = None
     footer: str | None = None
+    actions: tuple[CardAction, ...] = ()
 
     def as_text(self) -> str:
         """The card as plain text, for platforms without rich messages and for notifications."""
@@ -133,8 +151,9 @@ class MessageHandle(abc.ABC):
     message_id: str
 
     @abc.abstractmethod
-    async def edit(self, text: str) -> None:
-        """Replace the message's text; raises RateLimitedError when the platform asks us to wait."""
+    async def edit(self, text: str, *, card: Card | None = None) -> None:
+        """Replace the message's text (and card, whose buttons go when it has none); raises
+        RateLimitedError when the platform asks us to wait."""
 
 
 class NativeStream(abc.ABC):
@@ -170,6 +189,18 @@ class Conversation(abc.ABC):
     @abc.abstractmethod
     async def open_thread(self, *, title: str, anchor: MessageHandle) -> Conversation:
         """A conversation in a thread under `anchor` (a task's own thread)."""
+
+    @abc.abstractmethod
+    def at(self, place: Place) -> Conversation:
+        """A conversation elsewhere on the same platform, for the same person (a task's thread)."""
+
+    @abc.abstractmethod
+    def message(self, message_id: str) -> MessageHandle:
+        """A handle on a message already posted here (to update a card after a button press)."""
+
+    async def say_private(self, text: str) -> None:
+        """Tell only the sender (an ephemeral message); where the platform cannot, a normal one."""
+        await self.say(text)
 
     async def start_native_stream(self, text: str) -> NativeStream | None:
         """Begin a native streaming message when the platform has one here; None means "use edits"."""

@@ -271,14 +271,63 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
         "en": "Checked by {validator}: score {score}, {decision}, divergence {divergence}%",
         "pt-BR": "Verificado por {validator}: nota {score}, {decision}, divergência {divergence}%",
     },
-    "task.tiebroken": {
-        "en": "The models disagreed; a third model decided: {outcome}",
-        "pt-BR": "Os modelos discordaram; um terceiro modelo decidiu: {outcome}",
-    },
     "task.tie_waiting": {
-        "en": "The models disagreed and the tie-break was inconclusive: a person must choose (see /tasks show).",
-        "pt-BR": "Os modelos discordaram e o desempate foi inconclusivo: "
-        "uma pessoa precisa escolher (veja /tasks show).",
+        "en": "The models disagreed and the tie-break was inconclusive: a person must choose below.",
+        "pt-BR": "Os modelos discordaram e o desempate foi inconclusivo: uma pessoa precisa escolher abaixo.",
+    },
+    "task.reattached": {
+        "en": "The orchestrator restarted; this thread keeps following task #{id}.",
+        "pt-BR": "O orquestrador reiniciou; esta conversa continua acompanhando a tarefa #{id}.",
+    },
+    # -- follow-ups in a task's thread -------------------------------------------------------------
+    "followup.denied": {
+        "en": "Follow-ups in a task's thread need the operator role; you are {role}.",
+        "pt-BR": "Continuar a conversa de uma tarefa exige o papel operator; você é {role}.",
+    },
+    "followup.too_long": {
+        "en": "Your message has {length} characters; a follow-up may have at most {limit}. Shorten it, "
+        "or start a new /task.",
+        "pt-BR": "Sua mensagem tem {length} caracteres; uma continuação pode ter no máximo {limit}. "
+        "Encurte-a ou comece uma nova /task.",
+    },
+    "followup.task_running": {
+        "en": "Task #{id} has no final answer yet; ask again once it is done.",
+        "pt-BR": "A tarefa #{id} ainda não tem resposta final; pergunte de novo quando ela terminar.",
+    },
+    "followup.no_thread": {
+        "en": "Task #{id} has no thread here to continue (it was not started from this chat).",
+        "pt-BR": "A tarefa #{id} não tem uma conversa aqui para continuar (não foi iniciada neste chat).",
+    },
+    # -- disputes ------------------------------------------------------------------------------------
+    "dispute.title": {
+        "en": "Step {seq} disputed: {title}",
+        "pt-BR": "Etapa {seq} em disputa: {title}",
+    },
+    "dispute.decided_by_judge": {
+        "en": "The models disagreed (divergence {divergence}%); the tie-break chose: {outcome}.",
+        "pt-BR": "Os modelos discordaram (divergência {divergence}%); o desempate escolheu: {outcome}.",
+    },
+    "dispute.executor": {"en": "Executor ({model})", "pt-BR": "Executor ({model})"},
+    "dispute.validator": {"en": "Validator ({model})", "pt-BR": "Validador ({model})"},
+    "dispute.accept_executor": {"en": "Keep the executor's answer", "pt-BR": "Manter a resposta do executor"},
+    "dispute.accept_validator": {"en": "Keep the validator's answer", "pt-BR": "Manter a resposta do validador"},
+    "dispute.rerun": {"en": "Re-run the tie-break", "pt-BR": "Refazer o desempate"},
+    "dispute.choice.executor": {"en": "the executor's answer", "pt-BR": "a resposta do executor"},
+    "dispute.choice.validator": {"en": "the validator's answer", "pt-BR": "a resposta do validador"},
+    "dispute.choice.rerun": {"en": "run the tie-break again", "pt-BR": "refazer o desempate"},
+    "dispute.choice.tie": {"en": "no winner", "pt-BR": "nenhum vencedor"},
+    "dispute.decided": {"en": "{who} chose {choice}.", "pt-BR": "{who} escolheu {choice}."},
+    "dispute.already": {
+        "en": "This dispute was already resolved: {who} chose {choice}.",
+        "pt-BR": "Esta disputa já foi resolvida: {who} escolheu {choice}.",
+    },
+    "dispute.gone": {
+        "en": "This dispute is no longer open.",
+        "pt-BR": "Esta disputa não está mais aberta.",
+    },
+    "dispute.denied": {
+        "en": "Only operators and admins can settle a dispute; you are {role}.",
+        "pt-BR": "Só operators e admins podem resolver uma disputa; você é {role}.",
     },
     "task.unvalidated": {
         "en": "Not validated: no second model was available to check this answer.",
@@ -299,6 +348,108 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
         "pt-BR": "Console do orquestrador — conectado como {username} ({role}). /help lista os comandos, /quit sai.",
     },
     "console.attached": {"en": "[file {filename} saved to {path}]", "pt-BR": "[arquivo {filename} salvo em {path}]"},
+    "console.choose_hint": {
+        "en": "Type `choose <number>` to pick one.",
+        "pt-BR": "Digite `choose <número>` para escolher.",
+    },
+    "console.no_choice": {
+        "en": "“{line}” is not an open choice; the numbers are shown under the card.",
+        "pt-BR": "“{line}” não é uma opção aberta; os números aparecem abaixo do cartão.",
+    },
+    # -- /workflows ----------------------------------------------------------------------------
+    "workflows.none": {"en": "No workflows yet.", "pt-BR": "Ainda não há fluxos de trabalho."},
+    "workflows.title": {"en": "Workflows ({count}):", "pt-BR": "Fluxos de trabalho ({count}):"},
+    "workflows.steps": {"en": "{count} step(s)", "pt-BR": "{count} etapa(s)"},
+    "workflows.off": {"en": "(switched off)", "pt-BR": "(desativado)"},
+    "workflows.not_found": {"en": "There is no workflow #{id}.", "pt-BR": "Não existe o fluxo de trabalho #{id}."},
+    "workflows.by_template": {"en": "template {name}", "pt-BR": "modelo {name}"},
+    "workflows.by_ai": {"en": "AI {name}", "pt-BR": "IA {name}"},
+    "workflows.after": {"en": "after {steps}", "pt-BR": "depois de {steps}"},
+    "workflows.expected": {"en": "Expected: {text}", "pt-BR": "Esperado: {text}"},
+    "workflows.run_hint": {
+        "en": "Run it: /workflows run {id} [input…]",
+        "pt-BR": "Para executar: /workflows run {id} [entrada…]",
+    },
+    "workflows.cannot_run": {
+        "en": "This workflow cannot run: {reason}",
+        "pt-BR": "Este fluxo de trabalho não pode ser executado: {reason}",
+    },
+    # -- /connect ------------------------------------------------------------------------------
+    "connect.secret_refused": {
+        "en": "That looks like a key or token. Never paste secrets in chat: I did not keep it or repeat it. "
+        "Revoke it at the service if others could see it, and store keys through the admin API.",
+        "pt-BR": "Isso parece uma chave ou token. Nunca cole segredos no chat: não guardei nem repeti. "
+        "Revogue-o no serviço se outras pessoas puderem ter visto, e guarde chaves pela API de administração.",
+    },
+    "connect.bad_service": {
+        "en": "Name the service in lowercase letters, digits, “-”, “_” or “.” (e.g. github).",
+        "pt-BR": "Informe o serviço em letras minúsculas, dígitos, “-”, “_” ou “.” (ex.: github).",
+    },
+    "connect.unknown_service": {
+        "en": "There is no service “{service}”. Known: {services}.",
+        "pt-BR": "Não existe o serviço “{service}”. Conhecidos: {services}.",
+    },
+    "connect.not_linked": {
+        "en": "Your chat account is not linked to a user, so there is nothing to connect to. Ask an administrator.",
+        "pt-BR": "Sua conta de chat não está vinculada a um usuário; não há a que conectar. Peça a um administrador.",
+    },
+    "connect.no_vault": {
+        "en": "Secrets cannot be stored in this process (no vault); use the daemon.",
+        "pt-BR": "Segredos não podem ser guardados neste processo (sem cofre); use o daemon.",
+    },
+    "connect.api_key": {
+        "en": "{display} uses an API key, which must never go through chat. Store it with the admin API: "
+        "POST {base}/credentials with {{\"name\": \"…\", \"service\": \"{service}\", \"secret\": {{…}}}} "
+        "(fields: {fields}), e.g. with curl and your API token.",
+        "pt-BR": "{display} usa uma chave de API, que nunca deve passar pelo chat. Guarde-a pela API de "
+        "administração: POST {base}/credentials com {{\"name\": \"…\", \"service\": \"{service}\", "
+        "\"secret\": {{…}}}} (campos: {fields}), por exemplo com curl e o seu token da API.",
+    },
+    "connect.docs": {"en": "How to get one: {url}", "pt-BR": "Como obter: {url}"},
+    "connect.needs_client": {
+        "en": "To connect {service}, first store its OAuth client (client_id and client_secret) as your credential: "
+        "POST {base}/credentials with {{\"name\": \"…\", \"service\": \"{service}\", \"secret\": {{\"client_id\": …, "
+        "\"client_secret\": …}}}}. Register {callback} as the redirect URL with the provider. Then run "
+        "/connect {service} again.",
+        "pt-BR": "Para conectar {service}, guarde antes o cliente OAuth (client_id e client_secret) como sua "
+        "credencial: POST {base}/credentials com {{\"name\": \"…\", \"service\": \"{service}\", "
+        "\"secret\": {{\"client_id\": "
+        "…, \"client_secret\": …}}}}. Registre {callback} como URL de redirecionamento no provedor. Depois "
+        "execute /connect {service} de novo.",
+    },
+    "connect.not_usable": {
+        "en": "Your {service} credential cannot be authorised: {reason}",
+        "pt-BR": "Sua credencial de {service} não pode ser autorizada: {reason}",
+    },
+    "connect.sent": {
+        "en": "I sent you a private link to connect {service}.",
+        "pt-BR": "Enviei a você um link privado para conectar {service}.",
+    },
+    "connect.link": {
+        "en": "Open this link to connect {service} (only you can see it; it works once, for {minutes} min): {link}",
+        "pt-BR": "Abra este link para conectar {service} (só você o vê; funciona uma vez, por {minutes} min): {link}",
+    },
+    "connect.done": {
+        "en": "{service} is connected (credential “{credential}”).",
+        "pt-BR": "{service} está conectado (credencial “{credential}”).",
+    },
+    "connect.failed": {
+        "en": "Connecting {service} did not work: {reason}",
+        "pt-BR": "A conexão com {service} não funcionou: {reason}",
+    },
+    "help.workflows list": {
+        "pt-BR": "Lista os fluxos de trabalho: número, nome, versão e quantas etapas cada um tem.",
+    },
+    "help.workflows show": {
+        "pt-BR": "Mostra as etapas de um fluxo de trabalho: quem faz cada uma, do que depende e o que deve produzir.",
+    },
+    "help.workflows run": {
+        "pt-BR": "Executa um fluxo de trabalho como tarefa com a sua entrada; etapas, verificações e resposta "
+        "vão para o tópico da tarefa.",
+    },
+    "help.connect": {
+        "pt-BR": "Conecta uma conta externa (GitHub, Google…): você recebe um link privado para autorizá-la.",
+    },
     # -- pt-BR help of each command (English help is the handler's docstring) -------------------
     "help.help": {
         "pt-BR": "Lista os comandos que você pode usar, ou explica um: /help [comando].",

@@ -113,6 +113,19 @@ def card_blocks(card: Card) -> list[dict[str, Any]]:
         blocks.append({"type": "section", "fields": fields})
     if card.footer:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": card.footer[:300]}]})
+    if card.actions:
+        buttons: list[dict[str, Any]] = []
+        for action in card.actions[:25]:
+            button: dict[str, Any] = {
+                "type": "button",
+                "action_id": action.action_id[:255],
+                "text": {"type": "plain_text", "text": action.label[:75]},
+                "value": action.value[:2000],
+            }
+            if action.style in ("primary", "danger"):
+                button["style"] = action.style
+            buttons.append(button)
+        blocks.append({"type": "actions", "elements": buttons})
     return blocks
 
 
@@ -124,10 +137,13 @@ class SlackMessage(MessageHandle):
         self.channel = channel
         self.message_id = ts
 
-    async def edit(self, text: str) -> None:
-        """chat.update with the full new text."""
+    async def edit(self, text: str, *, card: Card | None = None) -> None:
+        """chat.update with the full new text (and the card's blocks, which replace the buttons)."""
+        kwargs: dict[str, Any] = {"channel": self.channel, "ts": self.message_id, "text": text}
+        if card is not None:
+            kwargs["blocks"] = card_blocks(card)
         try:
-            await self._client.chat_update(channel=self.channel, ts=self.message_id, text=text)
+            await self._client.chat_update(**kwargs)
         except Exception as err:  # translated: the renderer reacts to RateLimitedError
             raise _slack_error(err, "chat.update") from err
 
@@ -199,6 +215,27 @@ class SlackConversation(Conversation):
         """Replies under `anchor` form the thread."""
         place = Place(platform=PLATFORM, channel_id=self.place.channel_id, thread_id=anchor.message_id)
         return SlackConversation(self._platform, place, self.sender)
+
+    def at(self, place: Place) -> Conversation:
+        """The same person, in another channel or thread."""
+        return SlackConversation(self._platform, place, self.sender)
+
+    def message(self, message_id: str) -> MessageHandle:
+        """A message of this channel by its ts."""
+        return SlackMessage(self._platform.client, channel=self.place.channel_id, ts=message_id)
+
+    async def say_private(self, text: str) -> None:
+        """chat.postEphemeral: only the sender sees it (a normal message when there is no sender)."""
+        if self.sender is None:
+            await self.say(text)
+            return
+        kwargs: dict[str, Any] = {"channel": self.place.channel_id, "user": self.sender.user_id, "text": text}
+        if self.place.thread_id:
+            kwargs["thread_ts"] = self.place.thread_id
+        try:
+            await self._platform.client.chat_postEphemeral(**kwargs)
+        except Exception as err:  # translated for the dispatcher
+            raise _slack_error(err, "chat.postEphemeral") from err
 
     async def start_native_stream(self, text: str) -> NativeStream | None:
         """chat.startStream in this thread, when the workspace supports it; None → use edits."""
@@ -321,9 +358,9 @@ class SlackPlatform(Platform):
             socket, self._socket = self._socket, None
             await socket.close_async()  # type: ignore[no-untyped-call]
 
-    def conversation(self, place: Place) -> Conversation:
-        """A channel or thread to post into."""
-        return SlackConversation(self, place)
+    def conversation(self, place: Place, sender: Sender | None = None) -> Conversation:
+        """A channel or thread to post into (on behalf of `sender`, whose id native streams need)."""
+        return SlackConversation(self, place, sender)
 
     # -- HTTP mode --------------------------------------------------------------------------------
     async def handle_http(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
@@ -375,25 +412,38 @@ class SlackPlatform(Platform):
 
     async def _on_message(self, ack: Any, body: dict[str, Any], event: dict[str, Any]) -> None:
         await ack()
-        # Only direct messages; channel messages reach us as app_mention. Bots and edits are ignored.
-        if event.get("channel_type") != "im" or event.get("bot_id") or event.get("subtype"):
+        # Bots (ourselves included), edits and joins are ignored.
+        if event.get("bot_id") or event.get("subtype") or event.get("user") in (None, self.bot_user_id):
+            return
+        if event.get("channel_type") == "im":
+            if self._fresh(body):
+                self._message(event, body)
+            return
+        # In channels only thread replies, and not those naming us: they also arrive as app_mention.
+        thread_ts = event.get("thread_ts")
+        if not thread_ts or thread_ts == event.get("ts") or f"<@{self.bot_user_id}>" in str(event.get("text") or ""):
             return
         if self._fresh(body):
-            self._message(event, body)
+            self._message(event, body, addressed=False)
 
-    def _message(self, event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+    def _message(self, event: Mapping[str, Any], body: Mapping[str, Any], *, addressed: bool = True) -> None:
         text = _MENTION.sub("", str(event.get("text") or "")).strip()
         sender = self._sender(str(event.get("user")), team_id=body.get("team_id"))
         thread = str(event.get("thread_ts") or event.get("ts"))
         place = Place(platform=PLATFORM, channel_id=str(event.get("channel")), thread_id=thread)
-        if text.startswith("/"):
+        if addressed and text.startswith("/"):
             name, _, rest = text[1:].partition(" ")
             incoming: IncomingCommand | IncomingMessage = IncomingCommand(
                 sender=sender, place=place, name=name, text=rest.strip(), event_id=body.get("event_id")
             )
         else:
             incoming = IncomingMessage(
-                sender=sender, place=place, text=text, message_id=str(event.get("ts")), event_id=body.get("event_id")
+                sender=sender,
+                place=place,
+                text=text,
+                message_id=str(event.get("ts")),
+                event_id=body.get("event_id"),
+                addressed=addressed,
             )
         self.dispatch(incoming, SlackConversation(self, place, sender))
 

@@ -189,9 +189,10 @@ class StreamRenderer:
     async def _flush(self, *, final: bool) -> None:
         if self.result.first_update_s is None and not self._native_tried and self._use_native:
             self._native_tried = True
-            self._native = await self._retrying(lambda: self._conversation.start_native_stream(self._text))
+            opening = self._text  # deltas fed while the stream opens are appended after, not lost
+            self._native = await self._retrying(lambda: self._conversation.start_native_stream(opening))
             if self._native is not None:
-                self._native_sent = len(self._text)
+                self._native_sent = len(opening)
                 self.result.native = True
                 self.result.message_ids.append(self._native.message_id)
                 self._mark_update()

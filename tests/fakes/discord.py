@@ -49,6 +49,8 @@ class DiscordMessageState:
     versions: list[str] = field(default_factory=list)
     edit_times: list[float] = field(default_factory=list)
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    components: list[Any] = field(default_factory=list)
+    flags: int = 0
 
 
 def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -100,6 +102,64 @@ class FakeDiscord(LoopbackServer):
     def calls(self, method: str | None = None, path_contains: str = "") -> list[DiscordCall]:
         """Recorded REST requests."""
         return [c for c in self.recorded if (method is None or c.method == method) and path_contains in c.path]
+
+    async def dispatch_message(
+        self, *, channel_id: str, user_id: str, content: str, guild_id: str = "600000000000000001",
+        mention_bot: bool = False,
+    ) -> str:
+        """Send MESSAGE_CREATE: a person writing in a channel or thread; returns the message id."""
+        await wait_until(lambda: bool(self.gateway_sockets) and self.identified > 0, what="gateway ready")
+        message_id = self._snowflake()
+        author = {"id": user_id, "username": f"user{user_id}", "discriminator": "0", "avatar": None,
+                  "global_name": None}
+        data = {
+            "id": message_id, "channel_id": channel_id, "guild_id": guild_id, "author": author,
+            "member": {"roles": [], "joined_at": "2024-01-01T00:00:00+00:00", "deaf": False, "mute": False,
+                       "flags": 0},
+            "content": (f"<@{BOT_USER_ID}> " if mention_bot else "") + content,
+            "timestamp": datetime.now(UTC).isoformat(), "edited_timestamp": None, "tts": False,
+            "mention_everyone": False, "mentions": [self._bot_user()] if mention_bot else [],
+            "mention_roles": [], "attachments": [], "embeds": [], "pinned": False, "type": 0, "flags": 0,
+            "components": [],
+        }
+        await self.gateway_sockets[-1].send_str(
+            json.dumps({"op": 0, "t": "MESSAGE_CREATE", "s": next(self._seq), "d": data})
+        )
+        return message_id
+
+    def component_payload(
+        self, *, user_id: str, custom_id: str, message_id: str, guild_id: str = "600000000000000001"
+    ) -> dict[str, Any]:
+        """A MESSAGE_COMPONENT interaction: someone pressed a button on one of our messages."""
+        message = self.messages[message_id]
+        interaction_id = self._snowflake()
+        token = f"itoken-{interaction_id}"
+        user = {"id": user_id, "username": f"user{user_id}", "discriminator": "0", "avatar": None, "global_name": None}
+        payload: dict[str, Any] = {
+            "id": interaction_id, "application_id": APPLICATION_ID, "type": 3,
+            "data": {"custom_id": custom_id, "component_type": 2},
+            "channel_id": message.channel_id, "guild_id": guild_id, "token": token, "version": 1, "locale": "en-US",
+            "app_permissions": "0", "entitlements": [], "authorizing_integration_owners": {},
+            "attachment_size_limit": 10485760, "context": 0,
+            "member": {"user": user, "roles": [], "joined_at": "2024-01-01T00:00:00+00:00", "deaf": False,
+                       "mute": False, "permissions": "0", "flags": 0},
+            "message": self._message_payload(message),
+        }
+        self.interaction_tokens[interaction_id] = token
+        return payload
+
+    async def dispatch_component(self, *, user_id: str, custom_id: str, message_id: str) -> tuple[str, str]:
+        """Press a button over the gateway; returns (interaction id, token)."""
+        await wait_until(lambda: bool(self.gateway_sockets) and self.identified > 0, what="gateway ready")
+        payload = self.component_payload(user_id=user_id, custom_id=custom_id, message_id=message_id)
+        await self.gateway_sockets[-1].send_str(
+            json.dumps({"op": 0, "t": "INTERACTION_CREATE", "s": next(self._seq), "d": payload})
+        )
+        return payload["id"], payload["token"]
+
+    def ephemeral_for(self, token: str) -> list[str]:
+        """Ephemeral follow-ups (flags 64) sent with an interaction's token."""
+        return [m.content for m in self.messages.values() if m.flags & 64 and m.kind == f"followup:{token}"]
 
     def original_for(self, token: str) -> DiscordMessageState | None:
         """The original response of the interaction with this token."""
@@ -314,6 +374,7 @@ class FakeDiscord(LoopbackServer):
                 for i, a in enumerate(message.attachments)
             ],
             "embeds": message.embeds,
+            "components": message.components,
             "mentions": [],
             "mention_roles": [],
             "pinned": False,
@@ -321,8 +382,7 @@ class FakeDiscord(LoopbackServer):
             "tts": False,
             "timestamp": now,
             "edited_timestamp": now if len(message.versions) > 1 else None,
-            "flags": 0,
-            "components": [],
+            "flags": message.flags,
             "webhook_id": APPLICATION_ID if message.kind != "channel" else None,
         }
 
@@ -337,6 +397,8 @@ class FakeDiscord(LoopbackServer):
             versions=[content],
             edit_times=[time.monotonic()],
             attachments=files,
+            components=list((body or {}).get("components") or []),
+            flags=int((body or {}).get("flags") or 0),
         )
         self.messages[message.id] = message
         return message
@@ -346,6 +408,8 @@ class FakeDiscord(LoopbackServer):
             message.content = str(body["content"] or "")
         if "embeds" in (body or {}):
             message.embeds = list(body["embeds"] or [])
+        if "components" in (body or {}):
+            message.components = list(body["components"] or [])
         message.versions.append(message.content)
         message.edit_times.append(time.monotonic())
         return _json(self._message_payload(message))
@@ -399,6 +463,8 @@ class FakeDiscord(LoopbackServer):
         if method == "POST" and parts[0] == "interactions" and parts[-1] == "callback":
             interaction_id, token = parts[1], parts[2]
             self.callbacks[interaction_id] = body
+            if (body or {}).get("type") == 6:  # deferred update of the message the button is on: nothing new
+                return _json({"interaction": {"id": interaction_id, "type": 3}, "resource": {"type": 6}})
             message = self._new_message(self.interaction_channel_id, {"content": ""}, [], "original")
             self.originals[token] = message.id
             return _json(
@@ -426,7 +492,8 @@ class FakeDiscord(LoopbackServer):
                     return _json({"message": "Unknown Message", "code": 10008}, status=404)
                 return self._edit(followup, body)
             if method == "POST" and len(parts) == 3:
-                message = self._new_message(self.interaction_channel_id, body, files, "followup")
+                kind = f"followup:{token}" if int((body or {}).get("flags") or 0) & 64 else "followup"
+                message = self._new_message(self.interaction_channel_id, body, files, kind)
                 return _json(self._message_payload(message))
         if parts[0] == "channels":
             channel_id = parts[1]

@@ -79,6 +79,7 @@ class FakeSlack(LoopbackServer):
         self.recorded: list[SlackCall] = []
         self.messages: dict[str, SlackMessageState] = {}
         self.files: list[dict[str, Any]] = []
+        self.ephemeral: list[dict[str, Any]] = []  # chat.postEphemeral: seen by one user only
         self.acks: dict[str, Any] = {}
         self.sockets: list[web.WebSocketResponse] = []
         self.connections_opened = 0
@@ -250,9 +251,21 @@ class FakeSlack(LoopbackServer):
         if message.streaming:
             return {"ok": False, "error": "streaming_state_conflict"}
         message.text = str(args.get("text") or "")
+        if "blocks" in args:
+            blocks = args["blocks"]
+            message.blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
         message.versions.append(message.text)
         message.update_times.append(time.monotonic())
         return {"ok": True, "channel": message.channel, "ts": message.ts, "text": message.text}
+
+    def _m_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not args.get("channel") or not args.get("user"):
+            return {"ok": False, "error": "invalid_arguments"}
+        self.ephemeral.append(
+            {"channel": args["channel"], "user": args["user"], "text": str(args.get("text") or ""),
+             "thread_ts": args.get("thread_ts")}
+        )
+        return {"ok": True, "message_ts": self._next_ts()}
 
     def _m_chat_startStream(self, args: dict[str, Any]) -> dict[str, Any]:
         if not self.streaming_supported:

@@ -328,8 +328,11 @@ def test_manifest_registers_every_command_and_the_scopes_used() -> None:
     assert all(len(entry["description"]) <= 100 for entry in manifest["features"]["slash_commands"])
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {"commands", "chat:write", "files:write", "app_mentions:read", "reactions:read"} <= scopes
+    assert {"channels:history", "groups:history"} <= scopes  # thread replies in task threads
     assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == {
         "app_mention",
+        "message.channels",
+        "message.groups",
         "message.im",
         "reaction_added",
     }

@@ -23,6 +23,7 @@ class Surface(Conversation):
         self.messages: dict[str, list[tuple[float, str]]] = {}
         self.files: list[tuple[str, bytes]] = []
         self.rate_limit_next = 0
+        self.start_delay_s = 0.0
         self.retry_after = 0.2
         self.calls = 0
 
@@ -43,7 +44,7 @@ class Surface(Conversation):
             def __init__(self) -> None:
                 self.message_id = message_id
 
-            async def edit(self, new_text: str) -> None:
+            async def edit(self, new_text: str, *, card: Card | None = None) -> None:
                 surface._maybe_limit()
                 assert len(new_text) <= surface.limits.max_chars
                 surface.messages[message_id].append((time.monotonic(), new_text))
@@ -56,9 +57,16 @@ class Surface(Conversation):
     async def open_thread(self, *, title: str, anchor: MessageHandle) -> Conversation:
         return self
 
+    def at(self, place: Place) -> Conversation:
+        return self
+
+    def message(self, message_id: str) -> MessageHandle:
+        raise AssertionError("the renderer never looks up old messages")
+
     async def start_native_stream(self, text: str) -> NativeStream | None:
         if not self.native:
             return None
+        await asyncio.sleep(self.start_delay_s)
         surface = self
         self.messages["native"] = [(time.monotonic(), text)]
 
@@ -202,3 +210,15 @@ async def test_overflow_note_in_the_readers_language() -> None:
     renderer.feed("palavra " * 20)
     result = await renderer.finish()
     assert result.uploaded and surface.final("1").endswith("(continua no arquivo anexo)")
+
+
+async def test_deltas_fed_while_the_native_stream_opens_are_not_lost() -> None:
+    surface = Surface(StreamLimits(max_chars=4000, native_append_interval_s=0.05), native=True)
+    surface.start_delay_s = 0.2  # the platform takes a while to open the stream
+    renderer = StreamRenderer(surface)
+    renderer.feed("first ")
+    await asyncio.sleep(0.05)
+    for word in ("second ", "third ", "fourth"):
+        renderer.feed(word)  # arrives while chat.startStream is in flight
+    await renderer.finish()
+    assert surface.final("native") == "first second third fourth"

@@ -17,23 +17,27 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.base import utcnow
 from bot.db.models import AiModel, AiProvider, CreditUsage
 from bot.engine.providers.router import CallRecord
+from bot.engine.queue import PendingWrite, defer_write
 from bot.logs import get_logger
 
 log = get_logger(__name__)
 
 MILLION = Decimal(1_000_000)
 TOUCH_INTERVAL_S = 60.0
+# Provider prices and model ids are re-read at most this often (a price change applies within it).
+LOOKUP_TTL_S = 30.0
 # (task id, subtask id) of the work a call is made for; the engine sets it around its calls so one
 # recorder shared by the whole router still attributes each call's cost to its task.
+_INSERT_USAGE = insert(cast(Table, CreditUsage.__table__))
 current_work: ContextVar[tuple[int | None, int | None]] = ContextVar("current_work", default=(None, None))
 
 
@@ -62,6 +66,10 @@ class CreditRecorder:
     task_id: int | None = None
     subtask_id: int | None = None
     _touched: dict[int, float] = field(default_factory=dict)
+    # (provider, model) → (read at, provider id, model id, provider settings)
+    _lookups: dict[tuple[str, str], tuple[float, int | None, int | None, Mapping[str, Any]]] = field(
+        default_factory=dict
+    )
 
     async def __call__(self, record: CallRecord) -> None:
         """Record `record` if it consumed tokens (failed attempts without usage are skipped)."""
@@ -69,32 +77,46 @@ class CreditRecorder:
         completion = record.usage.completion_tokens or 0
         if not record.ok and not (prompt or completion):
             return
-        async with self.sessions() as session, session.begin():
-            provider = await session.scalar(select(AiProvider).where(AiProvider.name == record.provider))
+        provider_id, model_id, settings = await self._lookup(record.provider, record.model)
+        currency = settings.get("currency", "USD") if isinstance(settings.get("currency"), str) else "USD"
+        row = {
+            "provider_id": provider_id,
+            "model_id": model_id,
+            "account_id": None,
+            "task_id": self.task_id if self.task_id is not None else current_work.get()[0],
+            "subtask_id": self.subtask_id if self.subtask_id is not None else current_work.get()[1],
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "cost": call_cost(settings, record.model, prompt_tokens=prompt, completion_tokens=completion),
+            "currency": currency[:8],
+            "at": utcnow(),
+        }
+        # Inside a job the row commits with the step that made the call (one transaction per step).
+        if not defer_write(PendingWrite(_INSERT_USAGE, row)):
+            async with self.sessions() as session, session.begin():
+                await session.execute(_INSERT_USAGE, row)
+        if record.ok and model_id is not None:
+            await self._touch_model(model_id)
+
+    async def _lookup(self, provider_name: str, model_key: str) -> tuple[int | None, int | None, Mapping[str, Any]]:
+        """Provider id, model id and price settings, cached briefly: every call needs them."""
+        now = time.monotonic()
+        cached = self._lookups.get((provider_name, model_key))
+        if cached is not None and now - cached[0] < LOOKUP_TTL_S:
+            return cached[1], cached[2], cached[3]
+        async with self.sessions() as session:
+            provider = await session.scalar(select(AiProvider).where(AiProvider.name == provider_name))
             model_id = None
             settings: Mapping[str, Any] = {}
             if provider is not None:
-                settings = provider.settings or {}
-                model = await session.scalar(
-                    select(AiModel).where(AiModel.provider_id == provider.id, AiModel.model_key == record.model)
+                settings = dict(provider.settings or {})
+                model_id = await session.scalar(
+                    select(AiModel.id).where(AiModel.provider_id == provider.id, AiModel.model_key == model_key)
                 )
-                if model is not None:
-                    model_id = model.id
-            currency = settings.get("currency", "USD") if isinstance(settings.get("currency"), str) else "USD"
-            session.add(
-                CreditUsage(
-                    provider_id=provider.id if provider is not None else None,
-                    model_id=model_id,
-                    task_id=self.task_id if self.task_id is not None else current_work.get()[0],
-                    subtask_id=self.subtask_id if self.subtask_id is not None else current_work.get()[1],
-                    prompt_tokens=prompt,
-                    completion_tokens=completion,
-                    cost=call_cost(settings, record.model, prompt_tokens=prompt, completion_tokens=completion),
-                    currency=currency[:8],
-                )
-            )
-        if record.ok and model_id is not None:
-            await self._touch_model(model_id)
+        provider_id = provider.id if provider is not None else None
+        if model_id is not None:  # a model not yet synced is looked up again next time
+            self._lookups[(provider_name, model_key)] = (now, provider_id, model_id, settings)
+        return provider_id, model_id, settings
 
     async def _touch_model(self, model_id: int) -> None:
         """`ai_models.last_used_at` is advisory: written at most once a minute per model, in its own

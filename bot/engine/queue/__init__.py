@@ -25,10 +25,12 @@ from bot.engine.queue.store import (
     Checkpoint,
     ClaimedJob,
     CommitHook,
+    Deferred,
     JobQueue,
     JobSpec,
     JobView,
     Lease,
+    PendingWrite,
     ReclaimReport,
 )
 from bot.engine.queue.worker import (
@@ -37,7 +39,9 @@ from bot.engine.queue.worker import (
     JobContext,
     QueueEvent,
     Worker,
+    current_job,
     default_worker_id,
+    defer_write,
 )
 
 __all__ = [
@@ -45,6 +49,7 @@ __all__ = [
     "Checkpoint",
     "ClaimedJob",
     "CommitHook",
+    "Deferred",
     "Handler",
     "JobContext",
     "JobPayloadError",
@@ -53,11 +58,14 @@ __all__ = [
     "JobView",
     "Lease",
     "LeaseLostError",
+    "PendingWrite",
     "PermanentJobError",
     "QueueError",
     "QueueEvent",
     "ReclaimReport",
     "UnknownJobError",
     "Worker",
+    "current_job",
     "default_worker_id",
+    "defer_write",
 ]

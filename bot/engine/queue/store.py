@@ -2,12 +2,16 @@
 
 Claiming differs per backend because SQLite ignores `FOR UPDATE`: on MariaDB a claimer selects
 candidates with `FOR UPDATE SKIP LOCKED` (concurrent claimers skip each other's rows instead of
-waiting), on SQLite the claim transaction starts with `BEGIN IMMEDIATE`, which takes the single
+waiting), on SQLite every queue transaction starts with `BEGIN IMMEDIATE`, which takes the single
 write lock before reading, so two claimers can never read the same queued rows. Every write that a
-lease holder makes (complete, fail, release, checkpoint) is an UPDATE fenced on
+lease holder makes (complete, fail, release, checkpoint, step) is an UPDATE fenced on
 (id, status = running, lease_owner, fence): once a lease is reclaimed the stale holder's statement
-matches nothing, so a result is never written twice. On SQLite those fenced UPDATEs come first in
-their transaction, so the write lock is taken before anything is read.
+matches nothing, so a result is never written twice.
+
+On SQLite all of a process's queue writes go through one in-loop connection (bot.db.engine.
+sqlite_writer) under one asyncio lock; steps and successes of concurrent jobs are group-committed
+(one transaction, one executemany per statement), and each job's deferred rows ride its next
+durable write. See docs/queue.md.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -26,10 +31,12 @@ from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.sql import Executable
 
 from bot.db.base import utcnow
-from bot.db.engine import is_sqlite
+from bot.db.engine import is_sqlite, sqlite_writer
 from bot.db.models.queue import (
     CHECKPOINT_PARTIAL,
     CHECKPOINT_STEP,
@@ -43,6 +50,9 @@ from bot.db.models.queue import (
     QueueWorker,
 )
 from bot.engine.queue.errors import JobPayloadError, LeaseLostError, UnknownJobError
+from bot.logs import get_logger
+
+log = get_logger(__name__)
 
 JOBS = cast(Table, Job.__table__)
 CHECKPOINTS = cast(Table, JobCheckpoint.__table__)
@@ -154,6 +164,36 @@ class ReclaimReport:
     dead: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """A caller's row write carried by the job's next durable write (same transaction).
+
+    Use one module-level `statement` per kind of row with full parameter dicts: writes sharing a
+    statement are sent as one executemany, across every job of a group commit.
+    """
+
+    statement: Executable
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """What a job wrote lazily: step results and row writes that ride its next durable write.
+
+    Nothing in here is visible until that write commits, and it commits only if the lease still
+    holds; a crash before it loses exactly the work the next attempt will redo.
+    """
+
+    steps: Mapping[str, Any] = field(default_factory=dict)
+    writes: Sequence[PendingWrite] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.steps or self.writes)
+
+
+NOTHING_DEFERRED = Deferred()
+
+
 def _validate_spec(spec: JobSpec) -> dict[str, Any]:
     if not spec.kind or len(spec.kind) > MAX_KIND_LENGTH:
         raise JobPayloadError(f"job kind must be 1–{MAX_KIND_LENGTH} characters, got {spec.kind!r}")
@@ -225,6 +265,43 @@ _COMPLETE_MANY = (
 )
 
 
+_TOUCH_MANY = (
+    update(JOBS)
+    .where(
+        JOBS.c.id == bindparam("b_id"),
+        JOBS.c.status == JOB_RUNNING,
+        JOBS.c.lease_owner == bindparam("b_owner"),
+        JOBS.c.fence == bindparam("b_fence"),
+    )
+    .values(
+        heartbeat_at=bindparam("b_now", type_=JOBS.c.heartbeat_at.type),
+        lease_expires_at=bindparam("b_expires", type_=JOBS.c.lease_expires_at.type),
+    )
+)
+# Most steps written in one group commit (bounds one transaction's length).
+MAX_STEP_GROUP = 64
+
+
+@dataclass(slots=True)
+class _StepRequest:
+    """One job's finished step waiting for a group commit."""
+
+    lease: Lease
+    key: str
+    payload: Any
+    deferred: Deferred
+    outcome: asyncio.Future[Any]
+    alone: bool = False
+
+    def settle(self, *, value: Any = None, error: BaseException | None = None) -> None:
+        if self.outcome.done():  # the job runner was cancelled meanwhile
+            return
+        if error is not None:
+            self.outcome.set_exception(error)
+        else:
+            self.outcome.set_result(value)
+
+
 def _rowcount(result: Any) -> int:
     """Rows matched by an UPDATE/INSERT (the fencing check reads it)."""
     return int(cast(CursorResult[Any], result).rowcount or 0)
@@ -245,6 +322,7 @@ class JobQueue:
         retry_base_s: float = 2.0,
         retry_max_s: float = 600.0,
         boundary_hook: BoundaryHook | None = None,
+        busy_wait_s: float = 30.0,
     ) -> None:
         if lease_s <= 0:
             raise ValueError("lease_s must be positive")
@@ -256,7 +334,17 @@ class JobQueue:
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
         self.sqlite = is_sqlite(engine)
-        self._write_lock = asyncio.Lock() if self.sqlite else None
+        # SQLite: every write of this process goes through one in-loop connection under one lock.
+        self._writer = sqlite_writer(engine)
+        self._write_lock = self._writer.lock if self._writer else (asyncio.Lock() if self.sqlite else None)
+        self._busy_wait_s = busy_wait_s
+        self._step_requests: list[_StepRequest] = []
+        self._step_writer: asyncio.Task[None] | None = None
+        self._insert_step: Any = (
+            sqlite_insert(CHECKPOINTS).on_conflict_do_nothing(index_elements=["job_id", "key"])
+            if self.sqlite
+            else mysql_insert(CHECKPOINTS).on_duplicate_key_update(seq=CHECKPOINTS.c.seq)
+        )
         # A seam for crash tests and tracing: called at named commit boundaries.
         self._boundary = boundary_hook or _no_boundary
 
@@ -276,18 +364,74 @@ class JobQueue:
             return
         # SQLite has one writer at a time. Queueing our own writers on an asyncio lock is far
         # cheaper than letting them collide in SQLite's busy handler (which sleeps in steps of
-        # up to 100 ms); other processes still wait through the busy timeout.
-        async with self._write_lock, self.engine.connect() as connection:
-            # Transactions that read before they write take the write lock up front, so no other
-            # process can claim the rows they read; the rest start with a write, which takes it.
-            if immediate:
-                await connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # up to 100 ms); other processes and other connections of this one are waited for below.
+        if self._writer is None:  # in-memory database: the engine's own connections
+            async with self._write_lock, self.engine.connect() as connection:
+                if immediate:
+                    await connection.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    yield connection
+                except BaseException:
+                    await connection.rollback()
+                    raise
+                await connection.commit()
+            return
+        async with self._write_lock:
+            # Opened and closed explicitly, not with `async with`: its exit closes the connection
+            # in a shielded task, a trip round the event loop while holding the lock; the
+            # in-loop connection's own calls never leave the loop turn.
+            connection = await self._writer.engine.connect().start()
             try:
-                yield connection
-            except BaseException:
+                # Every transaction takes the write lock up front, so no other process can claim
+                # the rows it reads, and nothing after this statement ever waits for a lock.
+                await self._begin_immediate(connection)
+                try:
+                    yield connection
+                except BaseException:
+                    await connection.rollback()
+                    raise
+                await connection.commit()
+            finally:
+                await connection.close()
+
+    async def _begin_immediate(self, connection: AsyncConnection) -> None:
+        """Take SQLite's write lock, waiting asynchronously while another connection holds it.
+
+        The writer's connection runs on the event loop without a busy handler, so a held lock
+        fails at once; waiting here instead lets the holder (another process, or an aiosqlite
+        connection of this one whose commit needs the loop) finish.
+        """
+        deadline = time.monotonic() + self._busy_wait_s
+        delay = 0.001
+        while True:
+            try:
+                await connection.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as err:
+                if "locked" not in str(err) and "busy" not in str(err):
+                    raise
                 await connection.rollback()
-                raise
-            await connection.commit()
+                if time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """An ORM session in one short write transaction that commits on exit.
+
+        On SQLite it queues on the same lock as the queue's own writes, so the engine's writes never
+        collide in SQLite's busy handler (which sleeps up to 100 ms per retry).
+        """
+        async with self._write() as connection:
+            if not connection.in_transaction():
+                await connection.begin()
+            session = AsyncSession(bind=connection, expire_on_commit=False)
+            try:
+                yield session
+                await session.flush()
+            finally:
+                await session.close()
 
     # -- enqueue -----------------------------------------------------------------------------
 
@@ -474,48 +618,61 @@ class JobQueue:
         return await self.complete_batch([(lease, result, ()) for lease, result in outcomes])
 
     async def complete_batch(
-        self, items: Sequence[tuple[Lease, dict[str, Any] | None, Sequence[CommitHook]]]
+        self,
+        items: Sequence[tuple[Lease, dict[str, Any] | None, Sequence[CommitHook]]],
+        *,
+        deferred: Mapping[int, Deferred] | None = None,
     ) -> set[int]:
         """Group commit: record many successes (each fenced on its own) in one transaction.
 
         Returns the ids recorded; a stale lease among them is skipped, not fatal. If a hook raises,
         nothing of the batch is written and the error propagates (callers retry items singly).
+        `deferred` (job id → its lazy writes) is written for the recorded jobs, before the hooks.
         """
-        checked = [(lease, self._checked_json(result), tuple(hooks)) for lease, result, hooks in items]
+        checked = sorted(
+            ((lease, self._checked_json(result), tuple(hooks)) for lease, result, hooks in items),
+            key=lambda item: item[0].job_id,  # the same lock order as step groups and claims
+        )
         done: set[int] = set()
         if not checked:
             return done
         now = utcnow()
-        plain = [(lease, result) for lease, result, hooks in checked if not hooks]
-        hooked = [(lease, result, hooks) for lease, result, hooks in checked if hooks]
         async with self._write() as connection:
             fast = False
-            if len(plain) > 1:
-                # One round trip for the hook-free rows; only if some lease was lost do we redo the
-                # batch row by row to learn which (the all-or-nothing check keeps this exact).
+            if len(checked) > 1:
+                # One round trip for the whole group; only if some lease was lost do we redo it row
+                # by row to learn which (the all-or-nothing check keeps this exact).
                 rows = [
                     {"b_id": lease.job_id, "b_owner": lease.worker_id, "b_fence": lease.fence, "b_result": result}
-                    for lease, result in plain
+                    for lease, result, _hooks in checked
                 ]
                 outcome = await connection.execute(_COMPLETE_MANY.values(finished_at=now), rows)
                 if _rowcount(outcome) == len(rows):
                     fast = True
-                    done.update(lease.job_id for lease, _result in plain)
+                    done.update(lease.job_id for lease, _result, _hooks in checked)
                 else:
                     await connection.rollback()
+                    if self._writer is not None:
+                        await self._begin_immediate(connection)
             if not fast:
-                for lease, result in plain:
+                for lease, result, _hooks in checked:
                     if await self._complete_one(connection, lease, result, now):
                         done.add(lease.job_id)
-            if hooked:
+            hooked_done = [hooks for lease, _result, hooks in checked if hooks and lease.job_id in done]
+            if deferred:
+                await self._apply_deferred(
+                    connection,
+                    [(lease, deferred[lease.job_id]) for lease, _r, _h in checked
+                     if lease.job_id in done and lease.job_id in deferred],
+                    now,
+                )
+            if hooked_done:
                 # Hooks get an ORM session joined to this transaction: their rows commit with the
                 # result or not at all.
                 hook_session = AsyncSession(bind=connection, expire_on_commit=False)
-                for lease, result, hooks in hooked:
-                    if await self._complete_one(connection, lease, result, now):
-                        done.add(lease.job_id)
-                        for hook in hooks:
-                            await hook(hook_session)
+                for hooks in hooked_done:
+                    for hook in hooks:
+                        await hook(hook_session)
                 await hook_session.flush()
             self._boundary("complete.before_commit", checked[0][0].job_id)
         self._boundary("complete.after_commit", checked[0][0].job_id)
@@ -542,10 +699,12 @@ class JobQueue:
         error: str,
         *,
         retry: bool = True,
+        deferred: Deferred = NOTHING_DEFERRED,
     ) -> str | None:
         """Record a failed attempt: back to the queue after a backoff, or dead when out of attempts.
 
-        Returns the new status, or None when the lease was already lost (nothing written).
+        Returns the new status, or None when the lease was already lost (nothing written). The
+        attempt's `deferred` writes (e.g. the log rows of its failed calls) commit with it.
         """
         now = utcnow()
         dead = not retry or job.attempts >= job.max_attempts
@@ -563,6 +722,7 @@ class JobQueue:
             outcome = await connection.execute(update(JOBS).where(_lease_matches(job.lease)).values(**values))
             if _rowcount(outcome) != 1:
                 return None
+            await self._apply_deferred(connection, [(job.lease, deferred)], now)
         return JOB_DEAD if dead else JOB_QUEUED
 
     def backoff_s(self, attempts: int) -> float:
@@ -570,7 +730,7 @@ class JobQueue:
         exponent = min(max(attempts - 1, 0), 30)
         return float(min(self.retry_base_s * math.pow(2, exponent), self.retry_max_s))
 
-    async def release(self, lease: Lease) -> bool:
+    async def release(self, lease: Lease, *, deferred: Deferred = NOTHING_DEFERRED) -> bool:
         """Hand a job back without charging an attempt (graceful shutdown); its checkpoints stay."""
         async with self._write() as connection:
             outcome = await connection.execute(
@@ -585,12 +745,24 @@ class JobQueue:
                     available_at=utcnow(),
                 )
             )
-            return _rowcount(outcome) == 1
+            if _rowcount(outcome) != 1:
+                return False
+            await self._apply_deferred(connection, [(lease, deferred)], utcnow())
+            return True
 
-    async def checkpoint(self, lease: Lease, key: str, data: Any, *, kind: str = CHECKPOINT_PARTIAL) -> int:
+    async def checkpoint(
+        self,
+        lease: Lease,
+        key: str,
+        data: Any,
+        *,
+        kind: str = CHECKPOINT_PARTIAL,
+        deferred: Deferred = NOTHING_DEFERRED,
+    ) -> int:
         """Store (or overwrite) a checkpoint while holding the lease; returns its write count.
 
         Raises LeaseLostError when the lease is gone, so a stale attempt stops writing.
+        `deferred` commits in the same transaction.
         """
         self._check_key(key)
         payload = self._checked_json(data)
@@ -611,6 +783,7 @@ class JobQueue:
                     }
                 )
             )
+            await self._apply_deferred(connection, [(lease, deferred)], now)
             self._boundary("checkpoint.before_commit", lease.job_id)
             seq = (
                 await connection.execute(
@@ -620,12 +793,110 @@ class JobQueue:
         self._boundary("checkpoint.after_commit", lease.job_id)
         return int(seq)
 
-    async def record_step(self, lease: Lease, key: str, data: Any) -> Any:
-        """Store a finished step's result once; returns the stored value (first write wins)."""
+    async def record_step(self, lease: Lease, key: str, data: Any, *, deferred: Deferred = NOTHING_DEFERRED) -> Any:
+        """Store a finished step's result once; returns the stored value (first write wins).
+
+        `deferred` (the job's lazy steps and row writes) commits in the same transaction. Steps of
+        concurrent jobs are group-committed: whoever finds no group in flight starts one, and
+        every step waiting at that moment is written in one transaction (each fenced on its own
+        lease); nobody returns before its own step is committed, so durability is unchanged.
+        Raises LeaseLostError when this attempt no longer holds the job.
+        """
         self._check_key(key)
         payload = self._checked_json(data)
+        request = _StepRequest(lease, key, payload, deferred, asyncio.get_running_loop().create_future())
+        self._step_requests.append(request)
+        if self._step_writer is None or self._step_writer.done():
+            self._step_writer = asyncio.create_task(self._write_step_groups(), name="queue-step-commits")
+        return await request.outcome
+
+    async def _write_step_groups(self) -> None:
+        """Commit waiting steps in groups until none wait (a short-lived task, not a daemon)."""
+        while self._step_requests:
+            size = 1 if self._step_requests[0].alone else MAX_STEP_GROUP
+            group = self._step_requests[:size]
+            del self._step_requests[:size]
+            try:
+                stored = await self._record_step_group_retrying(group)
+            except asyncio.CancelledError:
+                # The loop is shutting down: nobody may wait forever for a step that was not written.
+                for request in [*group, *self._step_requests]:
+                    request.outcome.cancel()
+                self._step_requests.clear()
+                raise
+            except LeaseLostError as err:
+                if len(group) == 1:
+                    group[0].settle(error=err)
+                    continue
+                # Some lease in the group is gone: write them one by one so only that one fails.
+                self._step_requests[:0] = [_StepRequest(r.lease, r.key, r.payload, r.deferred, r.outcome,
+                                                        alone=True) for r in group]
+                continue
+            except Exception as err:  # handed to each waiting job runner, which records its failure
+                for request in group:
+                    request.settle(error=err)
+                continue
+            for request in group:
+                request.settle(value=stored[request.lease.job_id])
+
+    async def _record_step_group_retrying(self, group: list[_StepRequest]) -> dict[int, Any]:
+        """A deadlock or a busy database must not cost finished steps: retry the group a few times.
+
+        InnoDB may pick the group as a deadlock victim (it rolls the whole transaction back); the
+        writes are fenced and first-write-wins, so a retry after an unseen commit changes nothing.
+        """
+        for attempt in range(4):
+            try:
+                return await self._record_step_group(group)
+            except DBAPIError as err:
+                log.warning("queue.step_commit_retry", error=str(err.orig), attempt=attempt + 1)
+                await asyncio.sleep(0.01 * 2**attempt)
+        return await self._record_step_group(group)
+
+    async def _record_step_group(self, group: list[_StepRequest]) -> dict[int, Any]:
         now = utcnow()
-        row = {
+        group = sorted(group, key=lambda request: request.lease.job_id)  # one lock order everywhere
+        async with self._write() as connection:
+            touched = await connection.execute(
+                _TOUCH_MANY,
+                [
+                    {"b_id": r.lease.job_id, "b_owner": r.lease.worker_id, "b_fence": r.lease.fence,
+                     "b_now": now, "b_expires": now + self.lease}
+                    for r in group
+                ],
+            )
+            if _rowcount(touched) != len(group):
+                if len(group) == 1:
+                    raise LeaseLostError(
+                        f"job {group[0].lease.job_id}: this worker's lease (fence {group[0].lease.fence}) is gone",
+                        hint="another attempt owns the job now; this one must stop",
+                    )
+                raise LeaseLostError("a lease in the step group is gone")
+            inserted = await connection.execute(
+                self._insert_step, [self._step_row(r.lease, r.key, r.payload, now) for r in group]
+            )
+            await self._apply_deferred(connection, [(r.lease, r.deferred) for r in group], now)
+            for request in group:
+                self._boundary("step.before_commit", request.lease.job_id)
+            if self.sqlite and _rowcount(inserted) == len(group):
+                stored = {r.lease.job_id: r.payload for r in group}  # all new: ours are the stored values
+            else:
+                stored = {}
+                for request in group:
+                    stored[request.lease.job_id] = (
+                        await connection.execute(
+                            select(CHECKPOINTS.c.data).where(
+                                CHECKPOINTS.c.job_id == request.lease.job_id, CHECKPOINTS.c.key == request.key
+                            )
+                        )
+                    ).scalar_one()
+        for request in group:
+            self._boundary("step.after_commit", request.lease.job_id)
+        return stored
+
+    @staticmethod
+    def _step_row(lease: Lease, key: str, payload: Any, now: datetime) -> dict[str, Any]:
+        return {
             "job_id": lease.job_id,
             "key": key,
             "kind": CHECKPOINT_STEP,
@@ -635,24 +906,24 @@ class JobQueue:
             "created_at": now,
             "updated_at": now,
         }
-        async with self._write() as connection:
-            await self._touch_lease(connection, lease, now)
-            if self.sqlite:
-                statement: Any = (
-                    sqlite_insert(CHECKPOINTS).values(row).on_conflict_do_nothing(index_elements=["job_id", "key"])
-                )
-            else:
-                statement = mysql_insert(CHECKPOINTS).values(row)
-                statement = statement.on_duplicate_key_update(seq=CHECKPOINTS.c.seq)
-            await connection.execute(statement)
-            self._boundary("step.before_commit", lease.job_id)
-            stored = (
-                await connection.execute(
-                    select(CHECKPOINTS.c.data).where(CHECKPOINTS.c.job_id == lease.job_id, CHECKPOINTS.c.key == key)
-                )
-            ).scalar_one()
-        self._boundary("step.after_commit", lease.job_id)
-        return stored
+
+    async def _apply_deferred(
+        self, connection: AsyncConnection, items: Sequence[tuple[Lease, Deferred]], now: datetime
+    ) -> None:
+        """Write lazy steps and pending rows of jobs whose fenced write matched, batched per statement."""
+        step_rows = [
+            self._step_row(lease, key, self._checked_json(value), now)
+            for lease, deferred in items
+            for key, value in deferred.steps.items()
+        ]
+        if step_rows:
+            await connection.execute(self._insert_step, step_rows)
+        groups: dict[int, tuple[Executable, list[dict[str, Any]]]] = {}
+        for _lease, deferred in items:
+            for write in deferred.writes:
+                groups.setdefault(id(write.statement), (write.statement, []))[1].append(write.params)
+        for statement, params in groups.values():
+            await connection.execute(statement, params)
 
     async def _touch_lease(self, connection: AsyncConnection, lease: Lease, now: datetime) -> None:
         outcome = await connection.execute(

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bot.db.models.queue import CHECKPOINT_STEP, JOB_DEAD
 from bot.engine.queue.errors import LeaseLostError, PermanentJobError
-from bot.engine.queue.store import ClaimedJob, CommitHook, JobQueue
+from bot.engine.queue.store import NOTHING_DEFERRED, ClaimedJob, CommitHook, Deferred, JobQueue, PendingWrite
 from bot.logs import get_logger
 
 log = get_logger(__name__)
@@ -60,6 +61,9 @@ class JobContext:
     partials: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, Any] = field(default_factory=dict)
     commit_hooks: list[CommitHook] = field(default_factory=list)
+    # Lazy steps and row writes waiting for this attempt's next durable write (see `defer`).
+    lazy_steps: dict[str, Any] = field(default_factory=dict)
+    pending_writes: list[PendingWrite] = field(default_factory=list)
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -77,21 +81,64 @@ class JobContext:
 
     async def checkpoint(self, key: str, data: Any) -> None:
         """Save progress durably; raises LeaseLostError if this attempt no longer owns the job."""
-        await self.queue.checkpoint(self.job.lease, key, data)
+        await self.queue.checkpoint(self.job.lease, key, data, deferred=self.take_deferred())
         self.partials[key] = data
 
-    async def step(self, key: str, run: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a step once per job: a step finished by any attempt returns its stored result."""
+    async def step(self, key: str, run: Callable[[], Awaitable[Any]], *, lazy: bool = False) -> Any:
+        """Run a step once per job: a step finished by any attempt returns its stored result.
+
+        A `lazy` step's result is stored with the job's next durable write (a checkpoint, a step,
+        the success or the failure) instead of in its own transaction. Use it for cheap steps whose
+        result only matters once something durable depends on it (which model was chosen): if the
+        attempt dies before that write, nothing depended on it and it is simply run again.
+        """
         if key in self.steps:
             return self.steps[key]
+        if key in self.lazy_steps:
+            return self.lazy_steps[key]
         value = await run()
-        stored = await self.queue.record_step(self.job.lease, key, value)
+        if lazy:
+            self.lazy_steps[key] = self.queue._checked_json(value)
+            return value
+        stored = await self.queue.record_step(self.job.lease, key, value, deferred=self.take_deferred())
         self.steps[key] = stored
         return stored
+
+    def defer(self, write: PendingWrite) -> None:
+        """Write a row with this attempt's next durable write, in its transaction and fenced by it.
+
+        For rows that describe work the job is doing (its log rows, its usage, a status column):
+        one transaction per step instead of one per row, and none written by a stale attempt.
+        """
+        self.pending_writes.append(write)
+
+    def take_deferred(self) -> Deferred:
+        """Hand the waiting lazy steps and writes to a durable write (they are then its business)."""
+        if not self.lazy_steps and not self.pending_writes:
+            return NOTHING_DEFERRED
+        deferred = Deferred(steps=dict(self.lazy_steps), writes=tuple(self.pending_writes))
+        self.steps.update(self.lazy_steps)
+        self.lazy_steps.clear()
+        self.pending_writes.clear()
+        return deferred
 
     def on_commit(self, hook: CommitHook) -> None:
         """Write the caller's own rows in the transaction that records success (exactly once)."""
         self.commit_hooks.append(hook)
+
+
+# The job attempt running in this asyncio task (None outside handlers): lets code deep inside a
+# handler (the router's usage hook, the engine's log writer) hand rows to the attempt's next write.
+current_job: ContextVar[JobContext | None] = ContextVar("current_job", default=None)
+
+
+def defer_write(write: PendingWrite) -> bool:
+    """Defer `write` to the running job attempt's next durable write; False outside a job."""
+    context = current_job.get()
+    if context is None:
+        return False
+    context.defer(write)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +147,7 @@ class _Completion:
     result: dict[str, Any] | None
     hooks: tuple[CommitHook, ...]
     outcome: asyncio.Future[bool]
+    deferred: Deferred = NOTHING_DEFERRED
 
 
 def _process_alive(pid: int) -> bool:
@@ -234,6 +282,7 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         kinds = sorted(self.handlers)
+        retry_in: float | None = None  # after a failed claim: a short, growing pause (deadlock victim)
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency - len(self._inflight)
@@ -245,8 +294,13 @@ class Worker:
                         self.worker_id, limit=free, kinds=kinds, provider_slots=self._provider_slots()
                     )
                 except (DBAPIError, OSError) as err:
-                    # Expected when the database restarts or is busy: log, wait, try again.
+                    # Expected when the database restarts or is busy, or picks this claim as a
+                    # deadlock victim: log, wait a little (longer each time), try again.
                     log.warning("queue.claim_failed", worker=self.worker_id, error=str(err))
+                    retry_in = min(self.poll_s, 0.02 if retry_in is None else retry_in * 2)
+                    await asyncio.sleep(retry_in)
+                    continue
+                retry_in = None
                 for job in claimed:
                     self._start(job)
             if claimed and len(claimed) == free:
@@ -321,14 +375,18 @@ class Worker:
                 for key, saved in (await self.queue.checkpoints(job.id)).items():
                     target = context.steps if saved.kind == CHECKPOINT_STEP else context.partials
                     target[key] = saved.data
-            async with deadline:
-                result = await self.handlers[job.kind](context)
+            token = current_job.set(context)
+            try:
+                async with deadline:
+                    result = await self.handlers[job.kind](context)
+            finally:
+                current_job.reset(token)
         except asyncio.CancelledError:
             if job.id in self._lost:
                 self._emit("lease_lost", job)
                 return  # another attempt owns the job now; nothing of ours may be written
             if self._draining_release:
-                await asyncio.shield(self.queue.release(job.lease))
+                await asyncio.shield(self.queue.release(job.lease, deferred=context.take_deferred()))
                 self._emit("released", job)
                 return
             raise
@@ -337,19 +395,21 @@ class Worker:
             return
         except TimeoutError as err:
             cause = f"timed out after {job.timeout_s} s" if deadline.expired() else repr(err)
-            await self._record_failure(job, cause, retry=True)
+            await self._record_failure(job, cause, retry=True, deferred=context.take_deferred())
             return
         except PermanentJobError as err:
-            await self._record_failure(job, str(err), retry=False)
+            await self._record_failure(job, str(err), retry=False, deferred=context.take_deferred())
             return
         except Exception as err:
             # The job-runner boundary: a handler's bug or a peer's failure must not take the
             # worker down; the attempt is recorded as failed (retried with backoff) with its cause.
             log.exception("queue.handler_failed", job_id=job.id, kind=job.kind)
-            await self._record_failure(job, f"{type(err).__name__}: {err}", retry=True)
+            await self._record_failure(job, f"{type(err).__name__}: {err}", retry=True,
+                                       deferred=context.take_deferred())
             return
+        deferred = context.take_deferred()
         try:
-            recorded = await self._complete(job, result, context.commit_hooks)
+            recorded = await self._complete(job, result, context.commit_hooks, deferred)
         except asyncio.CancelledError:
             if self._draining_release:
                 await asyncio.shield(self.queue.release(job.lease))  # fenced: no-op if it committed
@@ -363,7 +423,7 @@ class Worker:
         except Exception as err:
             # A commit hook raised (the caller's own result write): the attempt failed, retry it.
             log.exception("queue.commit_hook_failed", job_id=job.id, kind=job.kind)
-            await self._record_failure(job, f"{type(err).__name__}: {err}", retry=True)
+            await self._record_failure(job, f"{type(err).__name__}: {err}", retry=True, deferred=deferred)
             return
         if recorded:
             self.completed += 1
@@ -371,10 +431,14 @@ class Worker:
         else:
             self._emit("stale_result", job, "lease lost before the result was recorded")
 
-    async def _complete(self, job: ClaimedJob, result: dict[str, Any] | None, hooks: list[CommitHook]) -> bool:
+    async def _complete(
+        self, job: ClaimedJob, result: dict[str, Any] | None, hooks: list[CommitHook], deferred: Deferred
+    ) -> bool:
         """Hand the result to the group-commit flusher and wait for its verdict."""
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._completions.append(_Completion(job=job, result=result, hooks=tuple(hooks), outcome=outcome))
+        self._completions.append(
+            _Completion(job=job, result=result, hooks=tuple(hooks), outcome=outcome, deferred=deferred)
+        )
         self._completions_ready.set()
         return await outcome
 
@@ -398,7 +462,10 @@ class Worker:
             return
         try:
             done = await self._with_db_retries(
-                lambda: self.queue.complete_batch([(item.job.lease, item.result, item.hooks) for item in live])
+                lambda: self.queue.complete_batch(
+                    [(item.job.lease, item.result, item.hooks) for item in live],
+                    deferred={item.job.id: item.deferred for item in live if item.deferred},
+                )
             )
         except Exception as err:
             # Some hook (or the database) failed the whole group: retry each job alone so one bad
@@ -425,8 +492,10 @@ class Worker:
                 await asyncio.sleep(0.1 * 2**attempt)
         return await operation()
 
-    async def _record_failure(self, job: ClaimedJob, error: str, *, retry: bool) -> None:
-        status = await self.queue.fail(job, error, retry=retry)
+    async def _record_failure(
+        self, job: ClaimedJob, error: str, *, retry: bool, deferred: Deferred = NOTHING_DEFERRED
+    ) -> None:
+        status = await self.queue.fail(job, error, retry=retry, deferred=deferred)
         if status is None:
             self._emit("lease_lost", job, error)
         else:
