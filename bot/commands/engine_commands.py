@@ -176,6 +176,20 @@ async def follow_task(*, conversation: Conversation, subscription: Any, engine: 
                         "task.verdict", language, validator=payload.get("validator"), score=payload.get("score"),
                         decision=payload.get("decision"), divergence=payload.get("divergence_pct"),
                     ) + issues)
+                elif event.kind == "subtask.stopped":
+                    await conversation.say(translate("task.stopped", language, reason=payload.get("reason")))
+                elif event.kind == "subtask.suspect":
+                    await _finish(renderers, subtask_id)
+                    reasons = "".join(f"\n • {reason}" for reason in payload.get("reasons", [])[:5])
+                    handled = str(payload.get("handled_by") or "none")
+                    await conversation.say(translate("task.suspect", language, confidence=payload.get("confidence"),
+                                                     reasons=reasons, next=translate(f"task.suspect.{handled}",
+                                                                                     language)))
+                elif event.kind == "subtask.recovered":
+                    kept = "retry" if payload.get("kept") == "retry" else "original"
+                    await conversation.say(translate(f"task.recovered.{kept}", language, model=payload.get("model"),
+                                                     retry=payload.get("retry_confidence"),
+                                                     original=payload.get("original_confidence")))
                 elif event.kind == "subtask.done":
                     await _finish(renderers, subtask_id)
                     if payload.get("validation") == "unvalidated":

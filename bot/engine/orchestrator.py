@@ -25,7 +25,7 @@ import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
 from sqlalchemy import Table, and_, bindparam, func, insert, select, update
@@ -42,8 +42,10 @@ from bot.db.models import (
     Task,
     TaskStatus,
 )
+from bot.engine import suspicion
 from bot.engine.divergence import Divergence, measure_divergence
 from bot.engine.embeddings import Embedder
+from bot.engine.hallucination import StreamGuard, StreamStatsRecorder
 from bot.engine.prompts import (
     instructions_for,
     render_template,
@@ -143,6 +145,7 @@ class Engine:
         self._bus = bus
         self._embedder = embedder
         self._monitor_state = monitor_state  # bot.monitor.state.MonitorState, when the monitor runs
+        self._checker = suspicion.new_checker()
         self._selector = Selector(
             router=router,
             prefer_smaller=(lambda: bool(monitor_state.prefer_smaller_models)) if monitor_state is not None else None,
@@ -465,10 +468,15 @@ class Engine:
         validator_data = await ctx.step("select.validator", lambda: self._choose(
             category=category, exclude=(executor.key,), diverse_from=(executor,), prefer=None), lazy=True)
         if validator_data is None:
+            report = await ctx.step("check", lambda: self._check(
+                task_id=task_id, subtask_id=subtask_id, checked=executor, prompt=prompt, context=context, answer=answer,
+                references=(), execution=execution))
+            self._publish_suspect(task_id, subtask_id, report, handled_by="none")
             return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
                                               executor=executor, execution=execution, final=answer,
                                               validation={"status": "unvalidated",
-                                                          "reason": "no second model is available to validate"})
+                                                          "reason": "no second model is available to validate",
+                                                          "hallucination": report})
         validator = _candidate(validator_data)
         self._log_choice(task_id, subtask_id, "validator", validator_data)
         self._publish("subtask.validating", task_id, {"subtask_id": subtask_id, "validator": validator.key})
@@ -498,11 +506,27 @@ class Engine:
             "subtask_id": subtask_id, "validator": validator.key, "score": verdict.score,
             "decision": verdict.decision, "issues": verdict.issues, "divergence_pct": round(divergence.pct, 1),
         })
+        report = await ctx.step("check", lambda: self._check(
+            task_id=task_id, subtask_id=subtask_id, checked=executor, prompt=prompt, context=context, answer=answer,
+            references=(str(reference["text"]),), execution=execution))
+        validation["hallucination"] = report
         if divergence.pct <= threshold:
+            final, replaced_by = answer, None
+            if report["suspect"]:  # the validator agreed, so no tie-break will look again: recover
+                self._publish_suspect(task_id, subtask_id, report, handled_by="recovery")
+                recovery = await self._recover(
+                    ctx, task_id=task_id, subtask_id=subtask_id, category=category, system=system, prompt=prompt,
+                    context=context, executor=executor, validator=validator, reference=str(reference["text"]),
+                    report=report, temperature=executor_role.temperature, max_tokens=executor_role.max_tokens)
+                report["recovery"] = {k: v for k, v in recovery.items() if k != "candidate"}
+                if recovery["kept"] == "retry":
+                    final, replaced_by = str(recovery["text"]), recovery["candidate"]
             return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
-                                              executor=executor, execution=execution, final=answer,
+                                              executor=executor, execution=execution, final=final,
                                               validation=validation, verdict=verdict, validator=validator,
-                                              divergence=divergence)
+                                              divergence=divergence, replaced_by=replaced_by)
+        if report["suspect"]:
+            self._publish_suspect(task_id, subtask_id, report, handled_by="tiebreak")
         return await self._tie_break(ctx, task_id=task_id, subtask_id=subtask_id, category=category, prompt=prompt,
                                      executor=executor, validator=validator, execution=execution, answer=answer,
                                      reference=str(reference["text"]), verdict=verdict, divergence=divergence,
@@ -534,6 +558,10 @@ class Engine:
             self._log_choice(task_id, subtask_id, "tiebreaker", judge_data)
             self._publish("subtask.tiebreak", task_id, {"subtask_id": subtask_id, "judge": judge.key})
             review = f"score {verdict.score:.0f}, {verdict.decision}: " + "; ".join(verdict.issues[:10])
+            flagged = validation.get("hallucination") or {}
+            if flagged.get("suspect"):
+                review += ("\nAutomatic checks flagged the RESULT as a possible hallucination: "
+                           + "; ".join(suspicion.reasons(flagged)))
             first = await ctx.step("judge.executor_first", lambda: self._judge(
                 task_id=task_id, subtask_id=subtask_id, judge=judge, prompt=prompt, first=answer, second=reference,
                 review=review))
@@ -609,14 +637,21 @@ class Engine:
                               validation: dict[str, Any], verdict: Verdict | None = None,
                               validator: Candidate | None = None, divergence: Divergence | None = None,
                               judge: Candidate | None = None, outcome: str | None = None,
-                              waiting: bool = False) -> dict[str, Any]:
-        """Subtask row, quality metrics and dependants' jobs, written with the job's success."""
+                              waiting: bool = False, replaced_by: Candidate | None = None) -> dict[str, Any]:
+        """Subtask row, quality metrics and dependants' jobs, written with the job's success.
+
+        `replaced_by`: recovery kept another model's answer, so the executor's run counts as a
+        failure and the success is that model's.
+        """
         threshold = self._settings.threshold_for(category)
         executor_ok = outcome == "executor" or (outcome is None and (divergence is None or divergence.pct <= threshold))
-        outcomes = [Outcome(model_id=executor.model_id, category=category, succeeded=executor_ok,
+        outcomes = [Outcome(model_id=executor.model_id, category=category,
+                            succeeded=executor_ok and replaced_by is None,
                             duration_ms=float(execution.get("latency_ms") or 0.0),
                             validation_score=verdict.score if verdict else None,
                             tiebreak=_tiebreak_result(outcome, side="executor"))]
+        if replaced_by is not None:
+            outcomes.append(Outcome(model_id=replaced_by.model_id, category=category, succeeded=executor_ok))
         if validator is not None and outcome in ("executor", "validator"):
             outcomes.append(Outcome(model_id=validator.model_id, category=category,
                                     tiebreak=_tiebreak_result(outcome, side="validator")))
@@ -706,6 +741,64 @@ class Engine:
                                                                "is_local": choice.candidate.is_local,
                                                                "is_loaded": choice.candidate.is_loaded}
 
+    async def _check(self, *, task_id: int, subtask_id: int, checked: Candidate, prompt: str, context: str,
+                     answer: str, references: tuple[str, ...], execution: dict[str, Any] | None) -> dict[str, Any]:
+        """The hallucination report on one answer (bot/engine/suspicion.py), logged with its evidence."""
+        async with self._reads() as session:
+            passages = await suspicion.knowledge_passages(session, prompt)
+        report = await self._checker.check(suspicion.check_input(
+            prompt=prompt, context=context, answer=answer, references=references, knowledge=passages,
+            stream=(execution or {}).get("stream")))
+        data = report.as_dict()
+        stopped = (execution or {}).get("stopped")
+        if stopped and not data["suspect"]:  # cut off while streaming: never a clean answer
+            data.update(suspect=True, confidence=min(int(data["confidence"]), data["threshold"] - 1))
+            data["findings"] = [stopped, *data["findings"]]
+        await self._log(task_id, subtask_id, _choice_like(checked), "hallucination.check",
+                              level=LogLevel.WARNING if data["suspect"] else LogLevel.INFO, details=data)
+        return data
+
+    async def _recover(self, ctx: JobContext, *, task_id: int, subtask_id: int, category: str, system: str,
+                       prompt: str, context: str, executor: Candidate, validator: Candidate, reference: str,
+                       report: dict[str, Any], temperature: float, max_tokens: int | None) -> dict[str, Any]:
+        """A suspect answer the validator agreed with: another model answers the saved request; the better stays.
+
+        Without a third model the validator's own independent answer is the alternative.
+        """
+        other = await ctx.step("select.recovery", lambda: self._choose(
+            category=category, exclude=(executor.key, validator.key), diverse_from=(executor, validator),
+            prefer=None), lazy=True)
+        references: tuple[str, ...]
+        if other is None:
+            candidate, source, text, references = validator, "validator's independent answer", reference, ()
+        else:
+            candidate = _candidate(other)
+            self._log_choice(task_id, subtask_id, "recovery", other)
+            got = await ctx.step("recover.answer", lambda: self._text_call(
+                task_id=task_id, subtask_id=subtask_id, event="recovery", candidate=candidate,
+                messages=suspicion.recovery_messages(system, prompt, report), temperature=temperature,
+                max_tokens=max_tokens))
+            source, text, references = "retry by another model", str(got["text"]), (reference,)
+        retry_report = await ctx.step("recover.check", lambda: self._check(
+            task_id=task_id, subtask_id=subtask_id, checked=candidate, prompt=prompt, context=context, answer=text,
+            references=references, execution=None))
+        kept = "retry" if suspicion.keep_retry(report, retry_report) else "original"
+        recovery = {"model": candidate.key, "model_id": candidate.model_id, "source": source, "text": text,
+                    "report": retry_report, "kept": kept, "candidate": candidate}
+        await self._log(task_id, subtask_id, _choice_like(candidate), "hallucination.recovery", details={
+            "model": candidate.key, "source": source, "kept": kept, "original_confidence": report["confidence"],
+            "retry_confidence": retry_report["confidence"]})
+        self._publish("subtask.recovered", task_id, {
+            "subtask_id": subtask_id, "model": candidate.key, "kept": kept,
+            "original_confidence": report["confidence"], "retry_confidence": retry_report["confidence"]})
+        return recovery
+
+    def _publish_suspect(self, task_id: int, subtask_id: int, report: dict[str, Any], *, handled_by: str) -> None:
+        if report.get("suspect"):
+            self._publish("subtask.suspect", task_id, {
+                "subtask_id": subtask_id, "confidence": report["confidence"], "reasons": suspicion.reasons(report),
+                "handled_by": handled_by})
+
     async def _execute(self, ctx: JobContext, *, task_id: int, subtask_id: int, executor: Candidate, system: str,
                        prompt: str, temperature: float, max_tokens: int | None) -> dict[str, Any]:
         """Stream the executor's full answer, checkpointing it; a resumed attempt continues from it."""
@@ -720,25 +813,51 @@ class Engine:
         if partial:
             self._publish("subtask.resumed", task_id, {"subtask_id": subtask_id, "chars": len(partial)})
         current_work.set((task_id, subtask_id))
+        # A looping or runaway generation is cut off as it streams; the check and recovery see why.
+        guard = StreamGuard()
+        guard.feed(partial)
+        recorder = StreamStatsRecorder(started)
+        stopped: dict[str, Any] | None = None
+        finished, finish_reason = False, None
+        stream = self._router.stream_chat(request)
         with self._busy(executor.key):
-            async for delta in self._router.stream_chat(request):
-                if delta.text:
-                    text += delta.text
-                    self._publish("subtask.token", task_id, {"subtask_id": subtask_id, "text": delta.text})
-                if delta.done and delta.usage is not None:
-                    usage = {"prompt_tokens": delta.usage.prompt_tokens,
-                             "completion_tokens": delta.usage.completion_tokens}
-                now = time.monotonic()
-                if len(text) > saved_len and (now - last_saved >= self._settings.checkpoint_interval_s
-                                              or len(text) - saved_len >= 4000):
-                    await ctx.checkpoint("output", text)
-                    last_saved, saved_len = now, len(text)
-        latency_ms = (time.monotonic() - started) * 1000
+            try:
+                async for delta in stream:
+                    if delta.text:
+                        recorder.delta(time.monotonic())
+                        text += delta.text
+                        self._publish("subtask.token", task_id, {"subtask_id": subtask_id, "text": delta.text})
+                        finding = guard.feed(delta.text)
+                        if finding is not None:
+                            stopped = finding.as_dict()
+                            break
+                    if delta.done:
+                        finished, finish_reason = True, delta.finish_reason
+                        if delta.usage is not None:
+                            usage = {"prompt_tokens": delta.usage.prompt_tokens,
+                                     "completion_tokens": delta.usage.completion_tokens}
+                    now = time.monotonic()
+                    if len(text) > saved_len and (now - last_saved >= self._settings.checkpoint_interval_s
+                                                  or len(text) - saved_len >= 4000):
+                        await ctx.checkpoint("output", text)
+                        last_saved, saved_len = now, len(text)
+            finally:
+                closer = getattr(stream, "aclose", None)
+                if closer is not None:
+                    await closer()
+        ended = time.monotonic()
+        latency_ms = (ended - started) * 1000
         if not text.strip():
             raise ProviderError(f"{executor.key} returned an empty answer")
+        stats = asdict(recorder.stats(ended_at=ended, finished=finished or stopped is None,
+                                      finish_reason=finish_reason))
+        if stopped is not None:
+            self._publish("subtask.stopped", task_id, {"subtask_id": subtask_id, "reason": stopped["reason"]})
         await self._log(task_id, subtask_id, _choice_like(executor), "execute", prompt=prompt, response=text,
-                        latency_ms=latency_ms, tokens=usage, details={"resumed_from_chars": len(partial)})
-        return {"text": text, "latency_ms": latency_ms, "usage": usage, "model": executor.key}
+                        latency_ms=latency_ms, tokens=usage,
+                        details={"resumed_from_chars": len(partial), "stopped": stopped})
+        return {"text": text, "latency_ms": latency_ms, "usage": usage, "model": executor.key, "stream": stats,
+                "stopped": stopped}
 
     async def _text_call(self, *, task_id: int, subtask_id: int | None, event: str, candidate: Candidate,
                          messages: list[ChatMessage], temperature: float, max_tokens: int | None) -> dict[str, Any]:

@@ -333,6 +333,35 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
         "en": "Not validated: no second model was available to check this answer.",
         "pt-BR": "Não validado: não havia um segundo modelo para verificar esta resposta.",
     },
+    "task.suspect": {
+        "en": "Possible hallucination (confidence {confidence}/100):{reasons}\n{next}",
+        "pt-BR": "Possível alucinação (confiança {confidence}/100):{reasons}\n{next}",
+    },
+    "task.suspect.recovery": {
+        "en": "Asking a different model to answer the same request.",
+        "pt-BR": "Pedindo a outro modelo que responda à mesma solicitação.",
+    },
+    "task.suspect.tiebreak": {
+        "en": "The validator disagreed too; a third model will judge.",
+        "pt-BR": "O validador também discordou; um terceiro modelo vai julgar.",
+    },
+    "task.suspect.none": {
+        "en": "No other model is available to check it: treat this answer with care.",
+        "pt-BR": "Não há outro modelo disponível para verificá-la: trate esta resposta com cuidado.",
+    },
+    "task.recovered.retry": {
+        "en": "Kept {model}'s answer instead (confidence {retry} against {original}).",
+        "pt-BR": "Mantida a resposta de {model} (confiança {retry} contra {original}).",
+    },
+    "task.recovered.original": {
+        "en": "{model}'s answer scored no better ({retry} against {original}); the first answer stays, marked suspect.",
+        "pt-BR": "A resposta de {model} não foi melhor ({retry} contra {original}); a primeira fica, marcada "
+        "como suspeita.",
+    },
+    "task.stopped": {
+        "en": "Generation stopped early: {reason}",
+        "pt-BR": "Geração interrompida: {reason}",
+    },
     "task.final": {"en": "Final answer:", "pt-BR": "Resposta final:"},
     "task.ended": {"en": "Task #{id} ended: {reason}", "pt-BR": "Tarefa #{id} terminou: {reason}"},
     "engine.not_running": {

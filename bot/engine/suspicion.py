@@ -1,0 +1,104 @@
+"""The hallucination checker inside the engine: what a check sees, when recovery runs, which answer stays.
+
+Every subtask's answer is checked (bot/engine/hallucination) against its request, its dependency
+context, the validator's independent answer and the knowledge base. A suspect answer is handled
+by one of two mechanisms, never both:
+
+- the validator disagrees with it (divergence above the threshold): the tie-break already asks a
+  third model to judge, and the suspicion's reasons are added to the review the judge reads;
+- otherwise (the validator agreed, or the problem is inside the answer: a loop, a contradiction,
+  an impossible date): recovery asks a *different* model to answer the same saved request, checks
+  that answer too, and keeps whichever scores higher.
+
+The checker always runs with the lexical embedder: it is what the confidence was calibrated with
+(docs/hallucination.md), it costs no model call, and it gives the same score on every daemon.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.base import utcnow
+from bot.engine.embeddings import LexicalEmbedder
+from bot.engine.hallucination import CheckInput, HallucinationChecker, StreamStats
+from bot.engine.providers.port import ChatMessage
+from bot.logs import get_logger
+
+log = get_logger(__name__)
+
+_WORD = re.compile(r"\w{4,}", re.UNICODE)
+MAX_PASSAGES = 5
+MAX_PASSAGE_CHARS = 2000
+MAX_REASONS = 5
+
+
+def new_checker() -> HallucinationChecker:
+    """The engine's checker (lexical embedder: the calibrated, model-free configuration)."""
+    return HallucinationChecker(LexicalEmbedder())
+
+
+async def knowledge_passages(session: AsyncSession, question: str) -> list[str]:
+    """Knowledge-base passages that share the question's longer words (any of them), best first.
+
+    Any-word matching on purpose: a check needs passages that may confirm or contradict a claim,
+    and requiring every word of a long subtask prompt would match nothing.
+    """
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(question)))[:24]
+    if not words:
+        return []
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        statement = text(
+            "SELECT k.title, k.content FROM knowledge_base_fts JOIN knowledge_base k "
+            "ON k.id = knowledge_base_fts.rowid WHERE knowledge_base_fts MATCH :match "
+            "ORDER BY bm25(knowledge_base_fts) LIMIT :limit")
+        match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+    else:
+        statement = text(
+            "SELECT k.title, k.content FROM knowledge_base k WHERE MATCH(k.title, k.content) "
+            "AGAINST (:match IN NATURAL LANGUAGE MODE) LIMIT :limit")
+        match = " ".join(words)
+    try:
+        rows = (await session.execute(statement, {"match": match, "limit": MAX_PASSAGES})).all()
+    except DBAPIError as err:  # a database without the full-text index: the check runs without passages
+        log.warning("knowledge lookup failed; checking without passages", error=str(err.orig)[:200])
+        return []
+    return [f"{title}\n{content}"[:MAX_PASSAGE_CHARS] for title, content in rows]
+
+
+def check_input(*, prompt: str, context: str, answer: str, references: Sequence[str], knowledge: Sequence[str],
+                stream: dict[str, Any] | None) -> CheckInput:
+    """One subtask answer and the evidence it is checked against."""
+    stats = StreamStats(**stream) if stream else None
+    return CheckInput(question=prompt, answer=answer, context=context, now=utcnow(),
+                      reference_answers=[r for r in references if r.strip()], knowledge=list(knowledge),
+                      stream_stats=stats)
+
+
+def reasons(report: dict[str, Any]) -> list[str]:
+    """The findings' sentences a person reads, most severe first."""
+    return [str(f["reason"]) for f in report.get("findings", [])[:MAX_REASONS]]
+
+
+def recovery_messages(system: str, prompt: str, report: dict[str, Any]) -> list[ChatMessage]:
+    """The saved request, for another model, with what was wrong in the first answer (not the answer itself).
+
+    The suspect answer is left out so the second model does not anchor on it; the reasons tell it
+    what to be careful about.
+    """
+    concerns = "\n".join(f"- {reason}" for reason in reasons(report)) or "- it could not be verified"
+    note = ("Another model's answer to this request was flagged as a possible hallucination:\n"
+            f"{concerns}\nAnswer the request yourself, completely. State only what you can support; say so "
+            "when you are unsure.")
+    return [ChatMessage("system", system), ChatMessage("user", f"{prompt}\n\n{note}")]
+
+
+def keep_retry(original: dict[str, Any], retry: dict[str, Any]) -> bool:
+    """The retry replaces the original only when it scores strictly higher (ties keep the first answer)."""
+    return int(retry.get("confidence", 0)) > int(original.get("confidence", 0))
