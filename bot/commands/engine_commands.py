@@ -65,19 +65,8 @@ def register_engine_commands(registry: CommandRegistry, engine: Engine | None, b
         except BaseException:
             subscription.close()
             raise
-        title = f"#{submitted.task_id} {request[:80]}"
-        try:
-            anchor = await ctx.conversation.say(translate("task.created", ctx.language, id=submitted.task_id,
-                                                          title=request[:120]))
-            thread = await ctx.conversation.open_thread(title=title, anchor=anchor)
-            # Stored before following, so a restart from here on still renders into this thread.
-            await threads.register(task_id=submitted.task_id, thread=thread, principal=ctx.principal,
-                                   sender=ctx.sender, request=request, title=title, language=ctx.language)
-        except BaseException:
-            subscription.close()
-            raise
-        threads.follow(task_id=submitted.task_id, conversation=thread, subscription=subscription,
-                       language=ctx.language)
+        await open_task_thread(ctx, threads=threads, subscription=subscription, task_id=submitted.task_id,
+                               label=request, request=request)
         return None  # the reply was posted above, as the thread's anchor
 
     async def ask_command(ctx: CommandContext) -> Reply:
@@ -137,6 +126,25 @@ def register_engine_commands(registry: CommandRegistry, engine: Engine | None, b
     registry.add("tasks show", tasks_show, role=UserRole.VIEWER, params=[Param("id", kind="int", minimum=1)])
     registry.add("tasks cancel", tasks_cancel, role=UserRole.OPERATOR, params=[Param("id", kind="int", minimum=1)])
     registry.set_default("tasks", "list")
+
+
+async def open_task_thread(ctx: CommandContext, *, threads: Any, subscription: Any, task_id: int, label: str,
+                           request: str) -> None:
+    """The anchor reply, the task's thread and its follower: what /task and /workflows run share.
+
+    The thread is stored before it is followed, so a restart from then on still renders into it;
+    on any failure the event subscription is closed instead of leaking.
+    """
+    title = f"#{task_id} {label[:80]}"
+    try:
+        anchor = await ctx.conversation.say(translate("task.created", ctx.language, id=task_id, title=label[:120]))
+        thread = await ctx.conversation.open_thread(title=title, anchor=anchor)
+        await threads.register(task_id=task_id, thread=thread, principal=ctx.principal, sender=ctx.sender,
+                               request=request, title=title, language=ctx.language)
+    except BaseException:
+        subscription.close()
+        raise
+    threads.follow(task_id=task_id, conversation=thread, subscription=subscription, language=ctx.language)
 
 
 async def follow_task(*, conversation: Conversation, subscription: Any, engine: Engine, task_id: int,

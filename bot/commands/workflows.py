@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bot.commands._format import clip
+from bot.commands.engine_commands import open_task_thread
 from bot.commands.errors import CommandError, NotFoundError
 from bot.commands.registry import CommandContext, CommandRegistry, Param, Reply
 from bot.db.models import AiTemplate, AiWorkflow, SpecializedAi, UserRole
@@ -112,17 +113,11 @@ async def workflows_run(ctx: CommandContext) -> Reply:
             )
         except WorkflowError as err:
             raise CommandError("workflows.cannot_run", reason=err.message) from None
-        # From here on, exactly what /task does: the anchor reply, the task's thread, its follower.
-        title = f"#{submitted.task_id} {name[:80]}"
-        anchor = await ctx.conversation.say(ctx.t("task.created", id=submitted.task_id, title=name))
-        thread = await ctx.conversation.open_thread(title=title, anchor=anchor)
-        await threads.register(task_id=submitted.task_id, thread=thread, principal=ctx.principal,
-                               sender=ctx.sender, request=f"{name}\n\n{input_text}".strip(), title=title,
-                               language=ctx.language)
     except BaseException:
         subscription.close()
         raise
-    threads.follow(task_id=submitted.task_id, conversation=thread, subscription=subscription, language=ctx.language)
+    await open_task_thread(ctx, threads=threads, subscription=subscription, task_id=submitted.task_id, label=name,
+                           request=f"{name}\n\n{input_text}".strip())
     return None  # the reply was posted above, as the thread's anchor
 
 
