@@ -54,6 +54,7 @@ class Runtime:
     engine_runtime: Any = None
     chat_platforms: dict[str, Any] = field(default_factory=dict)
     admin_api: Any = None
+    knowledge_embedder: Any = None  # set by KnowledgeSyncComponent; the admin API's semantic search uses it
     health_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
 
@@ -282,6 +283,7 @@ class AdminApiComponent:
             vault=self._runtime.vault,
             queue=engine_runtime.queue if engine_runtime else None,
             providers=engine_runtime.registry if engine_runtime else None,
+            embedder=self._runtime.knowledge_embedder,
             extra={"chat": self._runtime.chat_platforms},
         )
         api = self._runtime.settings.admin_api
@@ -411,7 +413,7 @@ def build_components(
         components.append(MonitorComponent(runtime))
     from bot.knowledge.scheduler import KnowledgeSyncComponent
 
-    components.append(KnowledgeSyncComponent(runtime))  # syncs knowledge sources that set an interval
+    components.append(KnowledgeSyncComponent(runtime))  # knowledge embedder (before the API) + timed source syncs
     if settings.admin_api.enabled:
         components.append(AdminApiComponent(runtime))
     components.append(ChatComponent(runtime, request_stop=request_stop or (lambda _reason: None)))

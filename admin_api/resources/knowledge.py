@@ -27,7 +27,7 @@ from admin_api.problems import Conflict, NotFound, SourceRefused, Unavailable, U
 from admin_api.resource import ApiModel, Filter, Resource, crud_routes
 from admin_api.resources._common import Id, JsonObject, Key, Name, Timestamps
 from admin_api.state import READER, SERVICES, SESSIONS, SETTINGS
-from bot.db.models import KnowledgeEntry, KnowledgeSource, SyncStatus
+from bot.db.models import Credential, KnowledgeEntry, KnowledgeSource, SyncStatus
 
 routes = web.RouteTableDef()
 Tag = Annotated[str, Field(min_length=1, max_length=64)]
@@ -176,7 +176,12 @@ async def _semantic(ctx: Ctx, session: AsyncSession, query: SearchQuery) -> list
         raise Conflict("no knowledge entry has an embedding yet; use mode=fulltext")
     from bot.engine.providers.port import ProviderError
 
-    models = {row[2] for row in rows}
+    serves = getattr(embedder, "serves", None)
+    models = {row[2] for row in rows if serves is None or serves(row[2])}
+    if not models:
+        raise Conflict(f"the entries are embedded with {', '.join(sorted({row[2] for row in rows}))}, and this "
+                       f"daemon embeds with {getattr(embedder, 'model', '?')}; sync the sources again or use "
+                       "mode=fulltext")
     scored: list[tuple[int, float]] = []
     for model in models:
         try:
@@ -221,7 +226,9 @@ class SourceCreate(ApiModel):
     """Where documents come from; `settings.sync_interval_minutes` makes the daemon sync it on a timer.
 
     Kinds the daemon synchronises: `url` (an http(s) page or text/markdown file), `file` and
-    `directory` (absolute paths under `[knowledge] allowed_roots`).
+    `directory` (absolute paths under `[knowledge] allowed_roots`). A `url` source fetches with
+    its `credential_id`'s secret (bearer token, basic auth or a custom header), sent only to the
+    URL's own origin; only the credential's owner may link it or change the URI of a source using it.
     """
 
     name: Name
@@ -256,9 +263,33 @@ class SourceRead(Timestamps):
     is_active: bool
 
 
+def _not_yours(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, extra={"errors": [
+        {"loc": ["body", field], "msg": message, "type": "credential_owner"}]})
+
+
+async def _credential_owner(ctx: Ctx, session: AsyncSession, values: dict[str, Any], row: Any) -> dict[str, Any]:
+    """Only a credential's owner may decide where it is sent: link it, or change the URI of a source using it.
+
+    The sync sends the credential to the source's URI, so anyone else who could point it at a
+    host of their own would receive the secret.
+    """
+    credential_id = values["credential_id"] if "credential_id" in values else getattr(row, "credential_id", None)
+    if credential_id is None or ("credential_id" not in values and "uri" not in values):
+        return values
+    owner = await session.scalar(select(Credential.user_id).where(Credential.id == credential_id))
+    if owner == ctx.user_id:
+        return values
+    if "credential_id" in values:
+        raise _not_yours("credential_id", f"credential {credential_id} belongs to another user; only its owner "
+                                          "may link it to a knowledge source")
+    raise _not_yours("uri", f"this source sends credential {credential_id}, which belongs to another user; only "
+                            "its owner may change where it is sent (or unlink it first: credential_id=null)")
+
+
 SOURCES = Resource(
     name="knowledge-sources", tag="knowledge sources", model=KnowledgeSource, read=SourceRead,
-    create=SourceCreate, update=SourceUpdate, singular="knowledge source",
+    create=SourceCreate, update=SourceUpdate, singular="knowledge source", prepare=_credential_owner,
     sort_fields=("id", "name", "created_at"),
     filters={"kind": Filter("kind", str), "sync_status": Filter("sync_status", SyncStatus),
              "is_active": Filter("is_active", bool)},
@@ -284,11 +315,20 @@ class SyncResult(BaseModel):
           problems=(NotFound, Conflict, SourceRefused, UpstreamFailed),
           description="Fetches the source and replaces its entries in one transaction (chunked, deduplicated "
                       "by content hash, full-text index kept current, embedded when the daemon has an embedder "
-                      "and `[knowledge] embedding_model`). On failure the previous entries stay and the source "
-                      "records `sync_status=failed` and `sync_error`.")
+                      "and `[knowledge] embedding_model`). A `url` source with a credential sends it (bearer, "
+                      "basic or a custom header) to the URL's origin only; an unusable credential answers 409. "
+                      "On failure the previous entries stay and the source records `sync_status=failed` and "
+                      "`sync_error`.")
 async def sync_knowledge_source(ctx: Ctx) -> SyncResult:
     """Run one sync now (the caller waits; fetches are bounded by [knowledge] fetch_timeout_s)."""
-    from bot.knowledge import EmbeddingFailed, FetchFailed, KnowledgeSyncError, SyncInProgress, sync_source
+    from bot.knowledge import (
+        CredentialUnusable,
+        EmbeddingFailed,
+        FetchFailed,
+        KnowledgeSyncError,
+        SyncInProgress,
+        sync_source,
+    )
     from bot.knowledge import SourceRefused as Refused
 
     source_id = ctx.path_int()
@@ -303,11 +343,11 @@ async def sync_knowledge_source(ctx: Ctx) -> SyncResult:
     try:
         try:
             report = await sync_source(app[SESSIONS], source_id, settings=app[SETTINGS].knowledge,
-                                       embedder=app[SERVICES].embedder)
+                                       embedder=app[SERVICES].embedder, vault=app[SERVICES].vault)
         finally:  # entries and the source's status changed (or may have): list totals are stale
             app[READER].invalidate(ENTRIES.table, SOURCES.table)
-    except SyncInProgress as err:
-        raise Conflict(err.message) from None
+    except (SyncInProgress, CredentialUnusable) as err:
+        raise Conflict(err.message + (f"; {err.hint}" if err.hint else "")) from None
     except Refused as err:
         raise SourceRefused(err.message) from None
     except EmbeddingFailed as err:

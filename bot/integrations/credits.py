@@ -121,17 +121,21 @@ def _refused(service: str, path: str, status: int) -> UpstreamError:
 
 async def read_openrouter(client: httpx.AsyncClient) -> CreditReading:
     """The account's balance (management key) or the key's remaining limit, and spend."""
-    status, key_info = await _get_json(client, "key", "openrouter")
-    if status != 200:
-        raise _refused("openrouter", "/key", status)
+    key_status, key_info = await _get_json(client, "key", "openrouter")
+    # OpenRouter documents management keys for its key-management endpoints only, so one may be
+    # refused by /key and still read /credits: only a refusal on both is the key's fault.
+    if key_status != 200 and key_status not in (401, 403):
+        raise _refused("openrouter", "/key", key_status)
     data = key_info.get("data") if isinstance(key_info, dict) else None
-    if not isinstance(data, dict):
+    if key_status == 200 and not isinstance(data, dict):
         raise UpstreamError("openrouter answered /key without a data object")
-    details = {
-        "key_limit": None if data.get("limit") is None else str(_amount(data.get("limit"), "key limit")),
-        "key_usage": None if data.get("usage") is None else str(_amount(data.get("usage"), "key usage")),
-        "is_free_tier": bool(data.get("is_free_tier", False)),
-    }
+    details: dict[str, Any] = {}
+    if isinstance(data, dict):
+        details = {
+            "key_limit": None if data.get("limit") is None else str(_amount(data.get("limit"), "key limit")),
+            "key_usage": None if data.get("usage") is None else str(_amount(data.get("usage"), "key usage")),
+            "is_free_tier": bool(data.get("is_free_tier", False)),
+        }
     status, credits = await _get_json(client, "credits", "openrouter")
     if status == 200:
         totals = credits.get("data") if isinstance(credits, dict) else None
@@ -145,6 +149,8 @@ async def read_openrouter(client: httpx.AsyncClient) -> CreditReading:
                              details={**details, "scope": "account"})
     if status not in (401, 403):  # only "not a management key" falls back to the key's own limit
         raise _refused("openrouter", "/credits", status)
+    if not isinstance(data, dict):
+        raise _refused("openrouter", "/key", key_status)
     return CreditReading(service="openrouter", currency="USD",
                          balance=_amount(data.get("limit_remaining"), "limit_remaining"),
                          used=_amount(data.get("usage"), "usage"), details={**details, "scope": "key"})

@@ -2,13 +2,14 @@
 knowledge base in one transaction, so a failed sync never leaves a half-replaced source.
 
     from bot.knowledge import sync_source
-    report = await sync_source(sessions, source_id, settings=settings.knowledge, embedder=provider)
+    report = await sync_source(sessions, source_id, settings=settings.knowledge, embedder=embedder, vault=vault)
 
 Errors (rooted at bot.errors.OrchestratorError):
 
     KnowledgeSyncError
     ├── SourceRefused        the source's definition is not allowed (kind, path outside the roots,
     │                        private address, unsupported content) — fix the source or the settings
+    ├── CredentialUnusable   the linked credential is gone, revoked, expired or holds no usable field
     ├── FetchFailed          the source could not be read (HTTP error, timeout, too large)
     ├── EmbeddingFailed      the embedding provider failed
     └── SyncInProgress       another sync of the same source is running
@@ -17,6 +18,7 @@ Errors (rooted at bot.errors.OrchestratorError):
 from __future__ import annotations
 
 from bot.knowledge.errors import (
+    CredentialUnusable,
     EmbeddingFailed,
     FetchFailed,
     KnowledgeSyncError,
@@ -26,6 +28,6 @@ from bot.knowledge.errors import (
 from bot.knowledge.sync import SyncReport, due_sources, sync_source
 
 __all__ = [
-    "EmbeddingFailed", "FetchFailed", "KnowledgeSyncError", "SourceRefused", "SyncInProgress", "SyncReport",
-    "due_sources", "sync_source",
+    "CredentialUnusable", "EmbeddingFailed", "FetchFailed", "KnowledgeSyncError", "SourceRefused", "SyncInProgress",
+    "SyncReport", "due_sources", "sync_source",
 ]

@@ -23,3 +23,7 @@ class SyncInProgress(KnowledgeSyncError):
 
 class EmbeddingFailed(KnowledgeSyncError):
     """The embedding provider failed; nothing was written."""
+
+
+class CredentialUnusable(KnowledgeSyncError):
+    """The source's linked credential cannot be used (gone, revoked, expired, undecryptable, no usable field)."""

@@ -8,6 +8,13 @@ unless `allow_private_hosts` is set, and the connection goes to the address that
 answer that changes between check and connect cannot redirect it. Redirects are followed by hand
 and each target is checked again. Bodies are streamed and cut off at the size cap.
 
+A source's credential header (bot/knowledge/auth.py) is sent only to the source's own origin
+(scheme, host name, port) or its same-host upgrade from http:80 to https:443 — the rule httpx
+applies to `Authorization` on redirects. httpx's own rule would not hold here: the request goes to
+the pinned IP, so two host names on one address would look alike, and it strips only
+`Authorization`, not a custom header such as `X-API-Key`. Once a redirect leaves the origin the
+header is dropped for every later hop, even one that comes back.
+
 Local sources must resolve (symlinks followed) to a path under one of `allowed_roots`; a `..` or
 a symlink leading out of the root refuses the whole sync rather than silently skipping a file.
 """
@@ -21,12 +28,19 @@ import socket
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
 from bot.knowledge.errors import FetchFailed, SourceRefused
+from bot.logs import get_logger
 from bot.settings import KnowledgeSettings
+
+if TYPE_CHECKING:
+    from bot.knowledge.auth import SourceAuth
+
+_log = get_logger(__name__)
 
 TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown", "text/html", "application/xhtml+xml"})
 FILE_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".rst", ".html", ".htm"})
@@ -205,27 +219,59 @@ def _decode(raw: bytes, charset: str | None) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-async def fetch_url(url: str, settings: KnowledgeSettings) -> Document:
-    """The document at `url`, every hop SSRF-checked, size- and time-bounded."""
+def _origin(url: str) -> tuple[str, str, int]:
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+    except ValueError:  # a malformed port: no origin, so nothing is carried (the next check refuses the URL)
+        return "", url, -1
+
+
+def may_carry_credentials(previous: str, target: str) -> bool:
+    """Whether a redirect from `previous` to `target` may keep the credential header."""
+    before, after = _origin(previous), _origin(target)
+    if -1 in (before[2], after[2]):
+        return False
+    if before == after:
+        return True
+    return before[1] == after[1] and before[0::2] == ("http", 80) and after[0::2] == ("https", 443)
+
+
+def _status_message(shown: str, status: int, auth: SourceAuth | None) -> str:
+    if status in (401, 403) and auth is not None:
+        return f"{shown} answered HTTP {status}: it refused credential {auth.credential_id}"
+    return f"{shown} answered HTTP {status}"
+
+
+async def fetch_url(url: str, settings: KnowledgeSettings, *, auth: SourceAuth | None = None) -> Document:
+    """The document at `url`, every hop SSRF-checked, size- and time-bounded; `auth` sent within its origin."""
     shown = redact_userinfo(url)
     current = url
     timeout = httpx.Timeout(settings.fetch_timeout_s)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
         for _ in range(settings.max_redirects + 1):
             target, host_header = await _checked_target(current, settings)
+            headers = {"Host": host_header, "Accept": ", ".join(sorted(TEXT_TYPES))}
+            if auth is not None:
+                headers[auth.header] = auth.value.get_secret_value()
             request = client.build_request(
-                "GET", target, headers={"Host": host_header, "Accept": ", ".join(sorted(TEXT_TYPES))},
-                extensions={"sni_hostname": urlsplit(current).hostname or ""},
+                "GET", target, headers=headers, extensions={"sni_hostname": urlsplit(current).hostname or ""},
             )
             try:
                 async with asyncio.timeout(settings.fetch_timeout_s):
                     response = await client.send(request, stream=True)
                     try:
                         if response.status_code in _REDIRECTS and "location" in response.headers:
-                            current = urljoin(current, response.headers["location"])
+                            following = urljoin(current, response.headers["location"])
+                            if auth is not None and not may_carry_credentials(current, following):
+                                _log.info("knowledge.credential_dropped_on_redirect", credential_id=auth.credential_id,
+                                          to_host=urlsplit(following).hostname or "")
+                                auth = None
+                            current = following
                             continue
                         if response.status_code != 200:
-                            raise FetchFailed(f"{shown} answered HTTP {response.status_code}")
+                            raise FetchFailed(_status_message(shown, response.status_code, auth))
                         media, charset = _media_type(response.headers.get("content-type", ""))
                         if media not in TEXT_TYPES:
                             raise FetchFailed(f"{shown} is {media or 'of no declared type'}; only "
@@ -316,10 +362,12 @@ def _read_local(kind: str, uri: str, settings: KnowledgeSettings) -> list[Docume
     return documents
 
 
-async def fetch_documents(kind: str, uri: str, settings: KnowledgeSettings) -> list[Document]:
+async def fetch_documents(
+    kind: str, uri: str, settings: KnowledgeSettings, *, auth: SourceAuth | None = None,
+) -> list[Document]:
     """Every document of a source; SourceRefused for a kind or location not allowed here."""
     if kind == "url":
-        return [await fetch_url(uri, settings)]
+        return [await fetch_url(uri, settings, auth=auth)]
     if kind in ("file", "directory"):
         return await asyncio.to_thread(_read_local, kind, uri, settings)
     raise SourceRefused(f"knowledge sources of kind {kind!r} cannot be synchronised; "

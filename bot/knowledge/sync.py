@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.base import utcnow
 from bot.db.models import KnowledgeEntry, KnowledgeSource, SyncStatus
+from bot.knowledge.auth import source_auth
 from bot.knowledge.chunking import chunk_text
 from bot.knowledge.errors import EmbeddingFailed, KnowledgeSyncError, SyncInProgress
 from bot.knowledge.fetch import Document, fetch_documents
@@ -186,16 +187,18 @@ async def _record_failure(sessions: async_sessionmaker[AsyncSession], source_id:
 
 async def sync_source(
     sessions: async_sessionmaker[AsyncSession], source_id: int, *, settings: KnowledgeSettings,
-    embedder: Any = None,
+    embedder: Any = None, vault: Any = None,
 ) -> SyncReport:
     """Fetch the source and make its entries match it; KnowledgeSyncError (recorded on the source) if not.
 
     `embedder` (an LLMProvider with `embed(model, texts)`) and `settings.embedding_model` together
     enable embeddings for new chunks and for kept chunks embedded by another model or not at all.
+    `vault` opens the source's linked credential (url sources); without one such a source fails.
     """
     source = await _claim(sessions, source_id)
     try:
-        documents = await fetch_documents(source.kind, source.uri, settings)
+        auth = await source_auth(sessions, source, vault)
+        documents = await fetch_documents(source.kind, source.uri, settings, auth=auth)
         chunks = make_chunks(documents, settings.chunk_chars)
         existing = await _existing(sessions, source_id)
         model = settings.embedding_model if embedder is not None else None

@@ -25,9 +25,12 @@ class FakeOpenRouter(LoopbackServer):
     """OpenRouter's key and credits endpoints under /api/v1."""
 
     def __init__(self, *, key: str, management: bool = True, total_credits: float = 100.5,
-                 total_usage: float = 25.75, limit: float | None = 40.0, usage: float = 12.5) -> None:
+                 total_usage: float = 25.75, limit: float | None = 40.0, usage: float = 12.5,
+                 key_endpoint_open: bool = True) -> None:
         super().__init__()
         self.key, self.management = key, management
+        # False: /key refuses this (management) key, as OpenRouter documents for management keys.
+        self.key_endpoint_open = key_endpoint_open
         self.total_credits, self.total_usage = total_credits, total_usage
         self.limit, self.usage = limit, usage
         self.paths: list[str] = []
@@ -45,7 +48,7 @@ class FakeOpenRouter(LoopbackServer):
 
     async def _key(self, request: web.Request) -> web.Response:
         self.paths.append(request.path)
-        if not _authorised(request, self.key):
+        if not _authorised(request, self.key) or not self.key_endpoint_open:
             return web.json_response({"error": {"code": 401, "message": "No auth credentials found"}}, status=401)
         data: dict[str, Any] = {
             "label": f"{self.key[:10]}...{self.key[-3:]}", "limit": self.limit, "usage": self.usage,

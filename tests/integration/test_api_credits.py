@@ -88,6 +88,21 @@ async def test_openrouter_ordinary_key_falls_back_to_the_key_limit(
     _no_secret(result)
 
 
+async def test_openrouter_management_key_refused_by_key_endpoint_still_reads_credits(
+    api: Api, peers: tuple[FakeOpenRouter, FakeOpenAICosts],
+) -> None:
+    peers[0].key_endpoint_open = False
+    account_id = await _account(api, "openrouter", {"management_key": OR_KEY})
+    _, result, _ = await api.call("POST", f"/external-accounts/{account_id}/sync-credits", scope="write", expect=200)
+    assert Decimal(result["balance"]) == Decimal("74.75")
+    assert result["account"]["metadata"]["credit_sync"]["scope"] == "account"
+    peers[0].management = False  # refused by both endpoints: the key's fault, said without the key
+    _, problem, _ = await api.call("POST", f"/external-accounts/{account_id}/sync-credits", scope="write",
+                                   expect=502)
+    assert "/key" in json.dumps(problem)
+    _no_secret(result, problem)
+
+
 async def test_openai_costs_are_summed_over_every_page(api: Api, peers: tuple[FakeOpenRouter, FakeOpenAICosts]) -> None:
     account_id = await _account(api, "openai", {"admin_key": OA_KEY})
     _, result, _ = await api.call("POST", f"/external-accounts/{account_id}/sync-credits", scope="write", expect=200)
@@ -115,14 +130,28 @@ async def test_a_refused_key_is_reported_without_echoing_it(api: Api) -> None:
 
 async def test_unsupported_services_and_missing_credentials_are_409(api: Api) -> None:
     for service, secret, words in (("anthropic_console", {"api_key": "x" * 20}, "no balance"),
-                                   ("openrouter", None, "no credential"),
-                                   ("openrouter", {"token": OR_KEY}, "api_key")):
+                                   ("openrouter", None, "no credential")):
         account_id = await _account(api, service, secret)
         code, problem, _ = await api.call("POST", f"/external-accounts/{account_id}/sync-credits", scope="write")
         assert code == 409, (service, problem)
         assert words in problem["detail"]
         _no_secret(problem)
     await api.call("POST", "/external-accounts/999999999/sync-credits", scope="write", expect=404)
+
+    # The openrouter form refuses a secret without a key field up front (422, the value not echoed)...
+    code, problem, _ = await api.call("POST", "/credentials", json={
+        "name": f"cred-{uuid.uuid4().hex[:8]}", "service": "openrouter", "secret": {"token": OR_KEY}})
+    assert code == 422 and problem["type"].endswith("validation-failed")
+    _no_secret(problem)
+    # ...and a credential of another service linked to the account is still refused at sync time.
+    account_id = await _account(api, "openrouter", None)
+    _, other, _ = await api.call("POST", "/credentials", expect=201, json={
+        "name": f"cred-{uuid.uuid4().hex[:8]}", "service": "intranet", "secret": {"token": OR_KEY}})
+    await api.call("PATCH", f"/external-accounts/{account_id}", scope="write", expect=200,
+                   json={"credential_id": other["id"]})
+    code, problem, _ = await api.call("POST", f"/external-accounts/{account_id}/sync-credits", scope="write")
+    assert code == 409 and "api_key" in problem["detail"]
+    _no_secret(problem)
 
 
 async def test_credit_sync_auth_matrix(api: Api) -> None:

@@ -16,11 +16,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from bot.app import Runtime
 from bot.db.base import utcnow
+from bot.db.engine import create_engine, session_factory
 from bot.db.models import KnowledgeEntry, KnowledgeSource, SyncStatus
 from bot.engine.providers.factory import build_provider
-from bot.knowledge.scheduler import run_due_syncs
+from bot.knowledge.embedder import LEXICAL, build_embedder
+from bot.knowledge.scheduler import KnowledgeSyncComponent, run_due_syncs
 from bot.settings import Settings
+from bot.vault import Vault, load_keyring
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.web_pages import WebPages
 from tests.integration import test_api_harness as harness
@@ -304,3 +308,61 @@ async def test_scheduler_syncs_due_sources_only(api: Api, site: WebPages, kb_roo
     async with api.sessions() as session:
         count = len((await session.execute(select(KnowledgeEntry.id).where(KnowledgeEntry.source_id == due))).all())
     assert count == 1
+
+
+async def test_the_daemons_scheduled_sync_embeds_and_authenticates_like_the_api(
+    shared_db: str, tmp_path: Path, kb_root: Path, site: WebPages,
+) -> None:
+    token = "sched-" + uuid.uuid4().hex
+    site.page("/garden.txt", "Water the tomatoes every morning and keep the soil moist.",
+              require={"Authorization": f"Bearer {token}"})
+    overrides = _overrides(kb_root, embedding_model=LEXICAL, schedule_check_s=3600)
+    engine = create_engine(shared_db)
+    runtime = Runtime(settings=Settings(data_dir=tmp_path, **overrides), engine=engine,
+                      session_factory=session_factory(engine),
+                      vault=Vault(keyring=load_keyring(path=tmp_path / "keyring.json", create=True)))
+    component = KnowledgeSyncComponent(runtime)
+    await component.start()
+    try:
+        assert runtime.knowledge_embedder is component.embedder
+        assert component.embedder is not None and component.embedder.model == LEXICAL
+        api = await harness.make_api(shared_db, tmp_path, settings_overrides=overrides,
+                                     services={"embedder": runtime.knowledge_embedder})
+        try:
+            _, credential, _ = await api.call("POST", "/credentials", expect=201, json={
+                "name": f"sched-{uuid.uuid4().hex[:8]}", "service": "intranet", "secret": {"token": token}})
+            source_id = await _source(api, "url", f"{site.url}/garden.txt", credential_id=credential["id"],
+                                      settings={"sync_interval_minutes": 5})
+            assert source_id in await component.run_once()
+            [entry] = await _entries(api, source_id)
+            assert entry["has_embedding"] and entry["embedding_model"] == LEXICAL
+            _, found, _ = await api.call("GET", "/knowledge/search", expect=200, params={
+                "q": "how often do tomatoes need water", "mode": "semantic", "source_id": source_id})
+            assert [hit["entry"]["id"] for hit in found["items"]] == [entry["id"]]
+        finally:
+            await harness.close_api(api)
+    finally:
+        await component.stop()
+        await engine.dispose()
+
+
+async def test_semantic_search_says_when_entries_were_embedded_by_another_model(
+    api: Api, shared_db: str, kb_root: Path, tmp_path: Path,
+) -> None:
+    docs = kb_root / "other-model"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nalpha")
+    source_id = await _source(api, "directory", str(docs))
+    await api.call("POST", f"/knowledge-sources/{source_id}/sync", scope="write", expect=200)
+    async with api.sessions() as session:
+        await session.execute(update(KnowledgeEntry).where(KnowledgeEntry.source_id == source_id)
+                              .values(embedding=[1.0, 0.0], embedding_model="retired-model"))
+        await session.commit()
+    choice = await build_embedder(Settings(data_dir=tmp_path, knowledge={"embedding_model": LEXICAL}), api.sessions)
+    running = await harness.make_api(shared_db, tmp_path, services={"embedder": choice.embedder})
+    try:
+        code, problem, _ = await running.call("GET", "/knowledge/search", params={
+            "q": "alpha", "mode": "semantic", "source_id": source_id})
+        assert code == 409 and "retired-model" in problem["detail"] and LEXICAL in problem["detail"]
+    finally:
+        await harness.close_api(running)

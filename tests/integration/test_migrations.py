@@ -232,7 +232,7 @@ async def test_initial_data_is_idempotent_and_keeps_user_edits(shared_db: str) -
         "users": 1,
         "ai_providers": 1,
         "specialized_ais": counts["specialized_ais"],
-        "credential_templates": 11,
+        "credential_templates": 13,
     }
     assert counts["specialized_ais"] >= 6
 
@@ -296,7 +296,7 @@ def test_credential_templates_are_complete_and_point_at_the_real_endpoints() -> 
     templates = {t["service"]: t for t in credential_templates()}
     assert set(templates) == {
         "github", "google_drive", "gmail", "google_sheets", "google_calendar", "notion",
-        "slack", "discord", "dropbox", "onedrive", "trello",
+        "slack", "discord", "dropbox", "onedrive", "trello", "openai", "openrouter",
     }  # fmt: skip
     for service, template in templates.items():
         schema = template["fields_schema"]
@@ -465,7 +465,7 @@ def test_cli_migrate_twice(tmp_path: Path) -> None:
     first = _run_cli("migrate", data_dir=data_dir)
     assert first.returncode == 0, first.stderr
     assert f"→ {head_revision()}" in first.stdout
-    assert "credential_templates 11" in first.stdout
+    assert "credential_templates 13" in first.stdout
     assert (data_dir / "orchestrator.db").is_file()
 
     second = _run_cli("migrate", "--json", data_dir=data_dir)
