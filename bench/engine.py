@@ -1,16 +1,21 @@
 """Engine throughput: subtasks/s through execute → validate (→ tie-break) with full durability.
 
-    python -m bench.engine [--subtasks N] [--json]
+    python -m bench.engine [--subtasks N] [--peer process|inline] [--json]
 
 Each subtask is a single-step task (`/ask`-style: no planner), executed by one model and checked
 by another on a zero-latency local LM Studio peer (tests/fakes), so what is measured is the
-engine: selection, streaming with checkpoints, the reference answer, the verdict, divergence,
-quality metrics, execution logs and the durable queue. One in ten answers disagree, so a third
-model breaks the tie twice. "overhead_ms_per_subtask" is the wall time per subtask at
-concurrency 1 minus the time spent inside the model calls (from execution_logs). Runs on SQLite
-(WAL, synchronous=NORMAL: every committed step survives SIGKILL, see docs/queue.md) and, when one
-answers on 127.0.0.1:3306, MariaDB. The last line is JSON. `BENCH_LOG=WARNING` shows the engine's
-warnings (retried claims, failed jobs) on stderr.
+engine: selection, streaming with checkpoints, the reference answer, the verdict, divergence, the
+hallucination check, quality metrics, execution logs and the durable queue. One in ten answers
+disagree, so a third model breaks the tie twice.
+
+The peer runs in its own process by default, as a real LM Studio does: on one event loop with the
+engine it cost the engine about a tenth of its loop (`--peer inline` measures that way).
+"overhead_ms_per_subtask" is the wall time per subtask at concurrency 1 minus the time spent
+inside the model calls (from execution_logs); "cpu_ms_per_subtask" is this process's CPU time per
+subtask at each concurrency (the engine's own work: with the peer in its own process nothing else
+runs here). Runs on SQLite (WAL, synchronous=NORMAL: every committed step survives SIGKILL, see
+docs/queue.md) and, when one answers on 127.0.0.1:3306, MariaDB. The last line is JSON.
+`BENCH_LOG=WARNING` shows the engine's warnings (retried claims, failed jobs) on stderr.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 CONCURRENCY = (1, 16, 64)
+_REPO = str(Path(__file__).resolve().parent.parent)
 AGREE = "The capital of France is Paris."
 DISAGREE = "The capital of France is Lyon."
 
@@ -40,19 +48,8 @@ def _mariadb_up() -> bool:
         return False
 
 
-async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int) -> dict[str, float]:
-    from sqlalchemy import func, select, update
-
-    from bot.db.engine import create_engine, session_factory
-    from bot.db.migrate import upgrade_to_head
-    from bot.db.models import AiProvider, ExecutionLog, Task
-    from bot.engine.embeddings import LexicalEmbedder
-    from bot.engine.runtime import EngineRuntime
-    from bot.logs import configure_logging
-    from bot.settings import load_settings
-    from tests.fakes import FakeLMStudio
-
-    configure_logging(level=os.environ.get("BENCH_LOG", "ERROR"), fmt="json")
+def _script_peer(fake: Any) -> None:
+    """Three models; alpha answers wrongly one time in ten, so a third model breaks that tie."""
     verdict = {"score": 90, "verdict": "approve", "issues": [], "summary": ""}
     judgement = {"winner": "alternative", "score": 90, "verdict": "approve", "reasons": ["r"], "merged_result": None}
     counter = {"n": 0}
@@ -66,24 +63,76 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int) -> d
         counter["n"] += 1
         return DISAGREE if counter["n"] % 10 == 0 else AGREE
 
+    fake.script("alpha-7b", family="qwen", responder=executor)
+    fake.script("beta-3b", answer=AGREE, family="llama", structured={"Verdict": verdict, "Judgement": judgement})
+    fake.script("gamma-9b", answer=AGREE, family="gemma", structured={"Verdict": verdict, "Judgement": judgement})
+
+
+async def _serve_peer() -> None:
+    """The peer process: serve the scripted models, print the URL, stop when stdin closes."""
+    from tests.fakes import FakeLMStudio
+
     async with FakeLMStudio() as fake:
-        fake.script("alpha-7b", family="qwen", responder=executor)
-        fake.script("beta-3b", answer=AGREE, family="llama", structured={"Verdict": verdict, "Judgement": judgement})
-        fake.script("gamma-9b", answer=AGREE, family="gemma", structured={"Verdict": verdict, "Judgement": judgement})
+        _script_peer(fake)
+        print(fake.url, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+@asynccontextmanager
+async def _peer(mode: str) -> AsyncIterator[str]:
+    """The LM Studio peer's URL: a process of its own (default), or served from this event loop."""
+    if mode == "inline":
+        from tests.fakes import FakeLMStudio
+
+        async with FakeLMStudio() as fake:
+            _script_peer(fake)
+            yield fake.url
+        return
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.engine", "--serve-peer", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, cwd=_REPO)
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
+        if not line:
+            raise RuntimeError("the peer process exited before serving")
+        yield line.decode().strip()
+    finally:
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer: str = "process") -> dict[str, float]:
+    from sqlalchemy import func, select, update
+
+    from bot.db.engine import create_engine, session_factory
+    from bot.db.migrate import upgrade_to_head
+    from bot.db.models import AiProvider, ExecutionLog, Task
+    from bot.engine.embeddings import LexicalEmbedder
+    from bot.engine.runtime import EngineRuntime
+    from bot.logs import configure_logging
+    from bot.settings import load_settings
+
+    configure_logging(level=os.environ.get("BENCH_LOG", "ERROR"), fmt="json")
+    async with _peer(peer) as peer_url:
         await upgrade_to_head(url, backup_dir=None)
         settings = load_settings(environ={"ORCH_DATA_DIR": str(workdir / "data"), "ORCH_DATABASE_URL": url,
-                                          "ORCH_LMSTUDIO__BASE_URL": fake.url},
+                                          "ORCH_LMSTUDIO__BASE_URL": peer_url},
                                  engine={"max_concurrency": concurrency})
         db = create_engine(url, settings=settings.database)
         sessions = session_factory(db)
         async with sessions() as session, session.begin():
-            await session.execute(update(AiProvider).values(base_url=fake.url))
+            await session.execute(update(AiProvider).values(base_url=peer_url))
         runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, embedder=LexicalEmbedder(),
                                 worker_id=f"bench-{uuid.uuid4().hex[:6]}")
         await runtime.start()
         try:
             assert runtime.engine is not None and runtime.worker is not None
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             for index in range(subtasks):
                 await runtime.engine.submit(title=f"What is the capital of France? #{index}", single_step=True)
             runtime.worker.wake()
@@ -95,19 +144,21 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int) -> d
                     break
                 await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
             async with sessions() as session:
                 model_ms = await session.scalar(select(func.sum(ExecutionLog.latency_ms)))
         finally:
             await runtime.stop()
             await db.dispose()
     return {"subtasks_per_s": subtasks / elapsed, "wall_ms_per_subtask": elapsed * 1000 / subtasks,
-            "model_ms_per_subtask": float(model_ms or 0) / subtasks}
+            "model_ms_per_subtask": float(model_ms or 0) / subtasks, "cpu_ms_per_subtask": cpu * 1000 / subtasks}
 
 
-async def _backend(name: str, *, subtasks: int) -> dict[str, Any]:
+async def _backend(name: str, *, subtasks: int, peer: str) -> dict[str, Any]:
     import pymysql
 
     rates: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     overhead = 0.0
     for concurrency in CONCURRENCY:
         with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +175,7 @@ async def _backend(name: str, *, subtasks: int) -> dict[str, Any]:
                 url = f"mysql+aiomysql://root@127.0.0.1:3306/{database}"
             try:
                 count = subtasks if concurrency > 1 else max(20, subtasks // 10)
-                result = await _run(url, workdir, subtasks=count, concurrency=concurrency)
+                result = await _run(url, workdir, subtasks=count, concurrency=concurrency, peer=peer)
             finally:
                 if database is not None:
                     admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
@@ -132,10 +183,12 @@ async def _backend(name: str, *, subtasks: int) -> dict[str, Any]:
                         cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
                     admin.close()
         rates[str(concurrency)] = round(result["subtasks_per_s"], 1)
+        cpu[str(concurrency)] = round(result["cpu_ms_per_subtask"], 2)
         if concurrency == 1:
             overhead = result["wall_ms_per_subtask"] - result["model_ms_per_subtask"]
         print(f"{name} concurrency {concurrency}: {result['subtasks_per_s']:.1f} subtasks/s", file=sys.stderr)
-    return {"subtasks_per_s": rates, "overhead_ms_per_subtask": round(overhead, 2)}
+    return {"subtasks_per_s": rates, "overhead_ms_per_subtask": round(overhead, 2), "cpu_ms_per_subtask": cpu,
+            "peer": peer}
 
 
 def main() -> None:
@@ -143,10 +196,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subtasks", type=int, default=300)
     parser.add_argument("--json", action="store_true", help="Print only the JSON line on stdout.")
+    parser.add_argument("--peer", choices=("process", "inline"), default="process",
+                        help="Serve the fake LM Studio from its own process (default) or from the engine's loop.")
+    parser.add_argument("--serve-peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    report: dict[str, Any] = {"sqlite": asyncio.run(_backend("sqlite", subtasks=args.subtasks))}
+    if args.serve_peer:
+        asyncio.run(_serve_peer())
+        return
+    report: dict[str, Any] = {"sqlite": asyncio.run(_backend("sqlite", subtasks=args.subtasks, peer=args.peer))}
     if _mariadb_up():
-        report["mariadb"] = asyncio.run(_backend("mariadb", subtasks=args.subtasks))
+        report["mariadb"] = asyncio.run(_backend("mariadb", subtasks=args.subtasks, peer=args.peer))
     print(json.dumps(report))
 
 

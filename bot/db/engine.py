@@ -12,14 +12,16 @@ import asyncio
 import re
 import sqlite3
 import weakref
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from bot.db.errors import DatabaseUnreachableError, UnsupportedDatabaseError
 from bot.settings import DatabaseSettings, redact_url
@@ -206,6 +208,66 @@ def sqlite_reader(engine: AsyncEngine) -> AsyncEngine | None:
         _install_sqlite_pragmas(reader, busy_timeout_ms=READER_BUSY_TIMEOUT_MS, query_only=True)
         _readers[engine.sync_engine] = reader
     return reader
+
+
+@asynccontextmanager
+async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for a few hot-path reads: in-loop and read-only on a SQLite file, else the engine's.
+
+    The in-loop connection is opened and closed explicitly: `async with engine.connect()` (and an
+    ORM session's exit) closes in a shielded task, one trip round a busy event loop per use during
+    which other readers had to open more connections (the pool overflowed and churned: opening
+    one costs about a millisecond of pragmas). Here nothing leaves the loop turn.
+    """
+    reader = sqlite_reader(engine)
+    if reader is None:
+        async with engine.connect() as connection:
+            yield connection
+        return
+    connection = await reader.connect().start()
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+class Reads(Protocol):
+    """Where read statements run: an ORM session, a connection, or `LazyReads`."""
+
+    def execute(self, statement: Any, parameters: Any = None, /) -> Awaitable[Any]:
+        """Run one statement; returns its result."""
+        ...
+
+
+class LazyReads:
+    """Reads that take their connection only at the first statement, from `read_connection`.
+
+    The engine's lookups are mostly served from short-lived caches; a checkout costs a pool round
+    trip (and a ping on MariaDB) even when no statement follows.
+    """
+
+    def __init__(self, engine: AsyncEngine, stack: AsyncExitStack) -> None:
+        self._engine = engine
+        self._stack = stack
+        self._connection: AsyncConnection | None = None
+
+    @property
+    def dialect_name(self) -> str:
+        """The database's dialect (sqlite, mysql)."""
+        return self._engine.dialect.name
+
+    async def execute(self, statement: Any, parameters: Any = None, /) -> Any:
+        """Run one statement on the connection, taking it first if needed."""
+        if self._connection is None:
+            self._connection = await self._stack.enter_async_context(read_connection(self._engine))
+        return await self._connection.execute(statement, parameters)
+
+
+@asynccontextmanager
+async def lazy_reads(engine: AsyncEngine) -> AsyncIterator[LazyReads]:
+    """`LazyReads` on `engine`, its connection (if one was taken) released on exit."""
+    async with AsyncExitStack() as stack:
+        yield LazyReads(engine, stack)
 
 
 def sqlite_writer(engine: AsyncEngine) -> SqliteWriter | None:

@@ -20,19 +20,22 @@ and its stored result is what the resumed attempt sees. Every model interaction 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy import Table, and_, bindparam, func, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.db.base import utcnow
-from bot.db.engine import sqlite_reader
+from bot.db.engine import Reads, lazy_reads
 from bot.db.models import (
     AiRole,
     ExecutionLog,
@@ -47,6 +50,8 @@ from bot.engine.divergence import Divergence, measure_divergence
 from bot.engine.embeddings import Embedder
 from bot.engine.hallucination import StreamGuard, StreamStatsRecorder
 from bot.engine.prompts import (
+    PromptCache,
+    RolePrompt,
     instructions_for,
     render_template,
     role_for_category,
@@ -67,7 +72,7 @@ from bot.engine.queue import (
     defer_write,
 )
 from bot.engine.schemas import Judgement, MalformedOutputError, Plan, Verdict, json_schema, parse_output
-from bot.engine.selection import Candidate, CandidateCache, Choice, Selector, load_candidates
+from bot.engine.selection import Candidate, CandidateCache, Choice, MetricsCache, Selector, load_candidates
 from bot.engine.workflows import (
     WorkflowError,
     WorkflowPlan,
@@ -110,6 +115,68 @@ _SET_STATUS = (
     .values(status=bindparam("b_status", type_=SUBTASKS.c.status.type))
 )
 _INSERT_LOG = insert(cast(Table, ExecutionLog.__table__))
+_INSERT_TASK = insert(TASKS)
+_INSERT_SUBTASK = insert(SUBTASKS)
+# Hot-path reads as Core statements returning plain rows (no ORM identity map, no flush).
+_SIBLINGS_OF = SUBTASKS.alias("siblings")
+_SUBTASK_CONTEXT = (
+    select(SUBTASKS.c.task_id, SUBTASKS.c.seq, SUBTASKS.c.title, SUBTASKS.c.description, SUBTASKS.c.category,
+           SUBTASKS.c.depends_on, SUBTASKS.c.status, SUBTASKS.c.expected_output, SUBTASKS.c.specialized_ai_id,
+           TASKS.c.title.label("task_title"), TASKS.c.description.label("task_description"),
+           TASKS.c.status.label("task_status"),
+           select(func.count()).select_from(_SIBLINGS_OF).where(_SIBLINGS_OF.c.task_id == SUBTASKS.c.task_id)
+           .scalar_subquery().label("subtasks"))
+    .join(TASKS, TASKS.c.id == SUBTASKS.c.task_id)
+    .where(SUBTASKS.c.id == bindparam("b_id"))
+)
+_TASK_HEAD = select(TASKS.c.title, TASKS.c.description, TASKS.c.status).where(TASKS.c.id == bindparam("b_task"))
+_TASK_RESULTS = (
+    select(SUBTASKS.c.seq, SUBTASKS.c.title, SUBTASKS.c.result)
+    .where(SUBTASKS.c.task_id == bindparam("b_task")).order_by(SUBTASKS.c.seq)
+)
+_SIBLINGS = (
+    select(SUBTASKS.c.id, SUBTASKS.c.task_id, SUBTASKS.c.seq, SUBTASKS.c.status, SUBTASKS.c.depends_on,
+           SUBTASKS.c.priority)
+    .where(SUBTASKS.c.task_id.in_(bindparam("b_tasks", expanding=True)))
+    .order_by(SUBTASKS.c.task_id, SUBTASKS.c.seq)
+)
+# A subtask's outcome, written with its job's success; a cancelled subtask matches nothing. A
+# subtask waiting for a person keeps finished_at empty (b_finished None).
+_RECORD_RESULT = (
+    update(SUBTASKS).where(SUBTASKS.c.id == bindparam("b_id"), SUBTASKS.c.status != SubtaskStatus.CANCELLED)
+    .values(result=bindparam("b_result", type_=SUBTASKS.c.result.type),
+            validation=bindparam("b_validation", type_=SUBTASKS.c.validation.type),
+            validation_score=bindparam("b_score", type_=SUBTASKS.c.validation_score.type),
+            divergence_pct=bindparam("b_divergence", type_=SUBTASKS.c.divergence_pct.type),
+            executor_model_id=bindparam("b_executor"), validator_model_id=bindparam("b_validator"),
+            tiebreaker_model_id=bindparam("b_judge"),
+            status=bindparam("b_status", type_=SUBTASKS.c.status.type),
+            finished_at=func.coalesce(bindparam("b_finished", type_=SUBTASKS.c.finished_at.type),
+                                      SUBTASKS.c.finished_at))
+)
+_TASK_DONE = (
+    update(TASKS).where(TASKS.c.id == bindparam("b_id"), TASKS.c.status != TaskStatus.CANCELLED)
+    .values(result=bindparam("b_result", type_=TASKS.c.result.type), status=TaskStatus.COMPLETED,
+            finished_at=bindparam("b_finished", type_=TASKS.c.finished_at.type))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """One subtask's outcome, for the batch hook that records every outcome of a group commit."""
+
+    job_id: int
+    subtask_id: int
+    task_id: int
+    params: dict[str, Any]
+    outcomes: tuple[Outcome, ...]
+    waiting: bool
+    # The task's only subtask: the task is finished in the same transaction (no task.finish job).
+    alone: bool
+_MARK_QUEUED = (
+    update(SUBTASKS).where(SUBTASKS.c.id == bindparam("b_id"), SUBTASKS.c.status == SubtaskStatus.PENDING)
+    .values(status=SubtaskStatus.QUEUED)
+)
 
 
 class EngineError(OrchestratorError):
@@ -146,18 +213,25 @@ class Engine:
         self._embedder = embedder
         self._monitor_state = monitor_state  # bot.monitor.state.MonitorState, when the monitor runs
         self._checker = suspicion.new_checker()
+        # Quality metrics for selection, re-read once outcomes this engine recorded have committed.
+        self._metrics = MetricsCache()
         self._selector = Selector(
             router=router,
             prefer_smaller=(lambda: bool(monitor_state.prefer_smaller_models)) if monitor_state is not None else None,
+            metrics=self._metrics,
         )
         self._candidates = CandidateCache()
+        # Specialised AIs' prompts and standing instructions, re-read at most once a second.
+        self._prompts = PromptCache()
+        self._knowledge = suspicion.KnowledgeIndex()
         # Hot-path lookups read through in-loop SQLite connections when there are some (no thread
         # hops); writes never go through them.
-        reader = sqlite_reader(session_factory.kw["bind"]) if isinstance(session_factory.kw.get("bind"),
-                                                                         AsyncEngine) else None
-        self._reads = async_sessionmaker(reader, expire_on_commit=False) if reader is not None else session_factory
+        bind = session_factory.kw.get("bind")
+        self._db = bind if isinstance(bind, AsyncEngine) else None
         # Events that describe a job's committed result wait for the queue's "succeeded".
         self._after_commit: dict[int, list[Event]] = {}
+        # job id → (task id, answer) of tasks its success hook finished (task.done once committed).
+        self._tasks_done: dict[int, tuple[int, str]] = {}
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -202,36 +276,32 @@ class Engine:
             title, description = title[:250] + "…", f"{title}\n\n{description}".strip()
         if len(description) > 100_000:
             raise EngineError("the task description is longer than 100,000 characters")
-        async with self._queue.session() as session:
-            if idempotency_key:
-                existing = await session.scalar(select(Task.id).where(Task.idempotency_key == idempotency_key))
-                if existing is not None:
-                    return SubmittedTask(existing, False)
-            if template:
-                rendered, template_category = await render_template(session, name=template, variables=variables or {})
-                description = f"{rendered}\n\n{description}".strip()
-                category = category or template_category
-            if workflow_id is not None:  # checked (steps, templates, variables) before anything is queued
-                task = await new_workflow_task(session, workflow_id=workflow_id, input_text=description,
-                                               title=title, user_id=user_id, priority=priority, origin=origin,
-                                               idempotency_key=idempotency_key)
-            else:
-                task = Task(title=title, description=description, user_id=user_id, priority=priority,
-                            category=category, origin=origin or {}, status=TaskStatus.PENDING,
-                            idempotency_key=idempotency_key)
-            session.add(task)
-            await session.flush()
-            task_id = task.id
-            if single_step:
-                task.status = TaskStatus.RUNNING
-                task.started_at = utcnow()
-                subtask = Subtask(task_id=task_id, seq=1, title=title, description=description or title,
-                                  category=category or "general", depends_on=[], priority=priority,
-                                  status=SubtaskStatus.PENDING, max_attempts=self._settings.max_attempts,
-                                  idempotency_key=f"task:{task_id}:subtask:1")
-                session.add(subtask)
-                await session.flush()
-                await self._enqueue_ready(session, task_id, [subtask])
+
+        async def create() -> tuple[int, bool]:
+            async with self._queue.session() as session:
+                if idempotency_key:
+                    existing = await session.scalar(
+                        select(TASKS.c.id).where(TASKS.c.idempotency_key == idempotency_key))
+                    if existing is not None:
+                        return int(existing), False
+                text, kind = description, category
+                if template:
+                    rendered, template_category = await render_template(session, name=template,
+                                                                        variables=variables or {})
+                    text, kind = f"{rendered}\n\n{description}".strip(), category or template_category
+                if workflow_id is not None:  # checked (steps, templates, variables) before anything is queued
+                    task = await new_workflow_task(session, workflow_id=workflow_id, input_text=text, title=title,
+                                                   user_id=user_id, priority=priority, origin=origin,
+                                                   idempotency_key=idempotency_key)
+                    return task.id, True
+                # Core rows, not ORM objects: a submit is one short transaction on the queue's writer.
+                return await self._insert_task(session, title=title, description=text, user_id=user_id,
+                                               priority=priority, category=kind, origin=origin or {},
+                                               idempotency_key=idempotency_key, single_step=single_step), True
+
+        task_id, created = await _retry_deadlocks(create)
+        if not created:
+            return SubmittedTask(task_id, False)
         if single_step:
             self._publish("task.created", task_id, {"title": title})
             return SubmittedTask(task_id, True)
@@ -241,6 +311,30 @@ class Engine:
                                           timeout_s=self._settings.subtask_timeout_s))
         self._publish("task.created", task_id, {"title": title})
         return SubmittedTask(task_id, True)
+
+    async def _insert_task(self, session: AsyncSession, *, title: str, description: str, user_id: int | None,
+                           priority: int, category: str | None, origin: dict[str, Any], idempotency_key: str | None,
+                           single_step: bool) -> int:
+        """The task row; a single-step task also gets its one subtask, already queued."""
+        now = utcnow()
+        inserted = await session.execute(_INSERT_TASK, {
+            "title": title, "description": description, "user_id": user_id, "priority": priority,
+            "category": category, "origin": origin, "idempotency_key": idempotency_key,
+            "status": TaskStatus.RUNNING if single_step else TaskStatus.PENDING,
+            "started_at": now if single_step else None})
+        task_id = int(cast(Any, inserted).inserted_primary_key[0])
+        if single_step:
+            added = await session.execute(_INSERT_SUBTASK, {
+                "task_id": task_id, "seq": 1, "title": title, "description": description or title,
+                "category": category or "general", "depends_on": [], "priority": priority,
+                "status": SubtaskStatus.QUEUED, "max_attempts": self._settings.max_attempts,
+                "idempotency_key": f"task:{task_id}:subtask:1"})
+            subtask_id = int(cast(Any, added).inserted_primary_key[0])
+            await self._queue.enqueue_in(session, [JobSpec(
+                kind=KIND_SUBTASK, idempotency_key=f"subtask:{subtask_id}:run", payload={"subtask_id": subtask_id},
+                priority=priority, task_id=task_id, subtask_id=subtask_id, max_attempts=self._settings.max_attempts,
+                timeout_s=self._settings.subtask_timeout_s)])
+        return task_id
 
     async def cancel(self, task_id: int) -> bool:
         """Cancel a task's queued and running work; False when it had already ended."""
@@ -300,12 +394,15 @@ class Engine:
     def on_queue_event(self, event: QueueEvent) -> None:
         """Worker callback: publish what a job committed; a job that will never succeed fails its task."""
         pending = self._after_commit.pop(event.job_id, []) if event.name != "claimed" else []
+        done = self._tasks_done.pop(event.job_id, None) if event.name != "claimed" else None
+        if event.name == "succeeded" and event.kind in (KIND_SUBTASK, KIND_TIEBREAK):
+            self._metrics.invalidate()  # its outcomes are committed: the next choice reads them
         if event.name == "succeeded" and self._bus is not None:
             for item in pending:
                 self._bus.publish(item)
+            if done is not None:
+                self._bus.publish(Event(topic="task", kind="task.done", task_id=done[0], payload={"result": done[1]}))
         if event.name == "dead":
-            import asyncio
-
             asyncio.get_running_loop().create_task(self._job_dead(event))
 
     # -- planning -----------------------------------------------------------------------------
@@ -426,22 +523,22 @@ class Engine:
 
     async def _subtask_job(self, ctx: JobContext) -> dict[str, Any]:
         subtask_id = int(ctx.payload["subtask_id"])
-        async with self._reads() as session:
-            subtask = await session.get(Subtask, subtask_id)
+        async with self._read() as reads:
+            subtask = (await reads.execute(_SUBTASK_CONTEXT, {"b_id": subtask_id})).first()
             if subtask is None or subtask.status in TERMINAL_SUBTASK:
                 return {"skipped": "subtask gone or finished"}
-            task = await session.get(Task, subtask.task_id)
-            if task is None or task.status == TaskStatus.CANCELLED:
+            if subtask.task_status == TaskStatus.CANCELLED:
                 return {"skipped": "task cancelled"}
             # Written with the job's first durable write (the first checkpoint or step).
             ctx.defer(PendingWrite(_START_SUBTASK, {"b_id": subtask_id, "b_attempts": ctx.job.attempts,
                                                     "b_now": utcnow()}))
-            executor_role = await role_prompt(session, role_for_category(subtask.category))
-            instructions = await instructions_for(session, category=subtask.category, task_id=task.id)
-            context = await _dependency_context(session, subtask)
-            task_id, category = task.id, subtask.category or "general"
-            prompt = _subtask_prompt(task, subtask, context)
+            executor_role = await self._executor_role(reads, subtask_id, subtask.category, subtask.specialized_ai_id)
+            task_id, category = int(subtask.task_id), subtask.category or "general"
+            instructions = await self._prompts.instructions(reads, category=subtask.category, task_id=task_id)
+            context = await _dependency_context(reads, task_id, subtask.depends_on)
+            prompt = _subtask_prompt(subtask.task_title, subtask.task_description, subtask, context)
             threshold = self._settings.threshold_for(subtask.category)
+            alone = int(subtask.subtasks) == 1
         system = system_with_instructions(executor_role.system_prompt, instructions)
         self._publish("subtask.started", task_id, {"subtask_id": subtask_id})
 
@@ -470,10 +567,10 @@ class Engine:
         if validator_data is None:
             report = await ctx.step("check", lambda: self._check(
                 task_id=task_id, subtask_id=subtask_id, checked=executor, prompt=prompt, context=context, answer=answer,
-                references=(), execution=execution))
+                references=(), execution=execution), lazy=True)
             self._publish_suspect(task_id, subtask_id, report, handled_by="none")
             return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
-                                              executor=executor, execution=execution, final=answer,
+                                              alone=alone, executor=executor, execution=execution, final=answer,
                                               validation={"status": "unvalidated",
                                                           "reason": "no second model is available to validate",
                                                           "hallucination": report})
@@ -489,7 +586,7 @@ class Engine:
             task_id=task_id, subtask_id=subtask_id, validator=validator, prompt=prompt, answer=answer))
         if "error" in verdict_data:
             return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
-                                              executor=executor, execution=execution, final=answer,
+                                              alone=alone, executor=executor, execution=execution, final=answer,
                                               validation={"status": "unvalidated", "validator": validator.key,
                                                           "reason": verdict_data["error"]})
         verdict = Verdict.model_validate(verdict_data)
@@ -506,9 +603,12 @@ class Engine:
             "subtask_id": subtask_id, "validator": validator.key, "score": verdict.score,
             "decision": verdict.decision, "issues": verdict.issues, "divergence_pct": round(divergence.pct, 1),
         })
+        # Checks are lazy steps: no model call, so no transaction of their own; the report is stored
+        # with the next durable write (recovery's answer or the success), and recomputed if the
+        # attempt dies before it.
         report = await ctx.step("check", lambda: self._check(
             task_id=task_id, subtask_id=subtask_id, checked=executor, prompt=prompt, context=context, answer=answer,
-            references=(str(reference["text"]),), execution=execution))
+            references=(str(reference["text"]),), execution=execution), lazy=True)
         validation["hallucination"] = report
         if divergence.pct <= threshold:
             final, replaced_by = answer, None
@@ -522,7 +622,7 @@ class Engine:
                 if recovery["kept"] == "retry":
                     final, replaced_by = str(recovery["text"]), recovery["candidate"]
             return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
-                                              executor=executor, execution=execution, final=final,
+                                              alone=alone, executor=executor, execution=execution, final=final,
                                               validation=validation, verdict=verdict, validator=validator,
                                               divergence=divergence, replaced_by=replaced_by)
         if report["suspect"]:
@@ -530,12 +630,13 @@ class Engine:
         return await self._tie_break(ctx, task_id=task_id, subtask_id=subtask_id, category=category, prompt=prompt,
                                      executor=executor, validator=validator, execution=execution, answer=answer,
                                      reference=str(reference["text"]), verdict=verdict, divergence=divergence,
-                                     validation=validation)
+                                     validation=validation, alone=alone)
 
     async def _tie_break(self, ctx: JobContext, *, task_id: int, subtask_id: int, category: str, prompt: str,
                          executor: Candidate, validator: Candidate, execution: dict[str, Any], answer: str,
                          reference: str, verdict: Verdict, divergence: Divergence,
-                         validation: dict[str, Any], avoid_judges: tuple[str, ...] = ()) -> dict[str, Any]:
+                         validation: dict[str, Any], avoid_judges: tuple[str, ...] = (),
+                         alone: bool = False) -> dict[str, Any]:
         """A third model judges executor vs validator twice, positions swapped; a flip is a tie.
 
         `avoid_judges` (a re-run) are skipped when another third model is available.
@@ -595,7 +696,7 @@ class Engine:
                                           executor=executor, execution=execution, final=final,
                                           validation=validation, verdict=verdict, validator=validator,
                                           divergence=divergence, judge=judge, outcome=outcome,
-                                          waiting=needs_decision)
+                                          waiting=needs_decision, alone=alone)
 
     async def _tiebreak_job(self, ctx: JobContext) -> dict[str, Any]:
         """Run the tie-break again from the answers and verdict the subtask row already holds."""
@@ -610,7 +711,8 @@ class Engine:
             validation = dict(subtask.validation or {})
             candidates = {c.model_id: c for c in await load_candidates(session, router=self._router)}
             task_id, category = task.id, subtask.category or "general"
-            prompt = _subtask_prompt(task, subtask, await _dependency_context(session, subtask))
+            context = await _dependency_context(session, task_id, subtask.depends_on)
+            prompt = _subtask_prompt(task.title, task.description, subtask, context)
         executor = candidates.get(subtask.executor_model_id or 0)
         validator = candidates.get(subtask.validator_model_id or 0)
         if executor is None or validator is None:
@@ -637,8 +739,12 @@ class Engine:
                               validation: dict[str, Any], verdict: Verdict | None = None,
                               validator: Candidate | None = None, divergence: Divergence | None = None,
                               judge: Candidate | None = None, outcome: str | None = None,
-                              waiting: bool = False, replaced_by: Candidate | None = None) -> dict[str, Any]:
+                              waiting: bool = False, replaced_by: Candidate | None = None,
+                              alone: bool = False) -> dict[str, Any]:
         """Subtask row, quality metrics and dependants' jobs, written with the job's success.
+
+        `alone`: the task's only subtask, so its answer is the task's and the task is finished in
+        the same transaction (task.finish would only copy it, at the cost of a job of its own).
 
         `replaced_by`: recovery kept another model's answer, so the executor's run counts as a
         failure and the success is that model's.
@@ -656,26 +762,18 @@ class Engine:
             outcomes.append(Outcome(model_id=validator.model_id, category=category,
                                     tiebreak=_tiebreak_result(outcome, side="validator")))
 
-        values: dict[str, Any] = {
-            "result": final, "validation": validation, "validation_score": verdict.score if verdict else None,
-            "divergence_pct": round(divergence.pct, 2) if divergence else None,
-            "executor_model_id": executor.model_id, "validator_model_id": validator.model_id if validator else None,
-            "tiebreaker_model_id": judge.model_id if judge else None,
-            "status": SubtaskStatus.TIEBREAKING if waiting else SubtaskStatus.COMPLETED,
+        params: dict[str, Any] = {
+            "b_id": subtask_id, "b_result": final, "b_validation": validation,
+            "b_score": verdict.score if verdict else None,
+            "b_divergence": round(divergence.pct, 2) if divergence else None,
+            "b_executor": executor.model_id, "b_validator": validator.model_id if validator else None,
+            "b_judge": judge.model_id if judge else None,
+            "b_status": SubtaskStatus.TIEBREAKING if waiting else SubtaskStatus.COMPLETED,
+            "b_finished": None if waiting else utcnow(),
         }
-
-        async def write(session: AsyncSession) -> None:
-            # One UPDATE (no load and flush): a cancelled or vanished subtask matches nothing.
-            stamped = values if waiting else {**values, "finished_at": utcnow()}
-            written = await session.execute(update(SUBTASKS).where(
-                SUBTASKS.c.id == subtask_id, SUBTASKS.c.status != SubtaskStatus.CANCELLED).values(**stamped))
-            if getattr(written, "rowcount", 0) != 1:
-                return
-            await record_outcomes(session, outcomes)
-            if not waiting:
-                await self._schedule_task(session, task_id)
-
-        ctx.on_commit(write)
+        ctx.on_commit_batch(self._record_finished, _Finished(
+            job_id=ctx.job.id, subtask_id=subtask_id, task_id=task_id, params=params, outcomes=tuple(outcomes),
+            waiting=waiting, alone=alone))
         self._publish_after_commit(ctx, "subtask.done", task_id, {
             "subtask_id": subtask_id, "status": "waiting" if waiting else "completed",
             "validation": validation.get("status"), "divergence_pct": round(divergence.pct, 1) if divergence else None,
@@ -686,12 +784,11 @@ class Engine:
 
     async def _finish_job(self, ctx: JobContext) -> dict[str, Any]:
         task_id = int(ctx.payload["task_id"])
-        async with self._reads() as session:
-            task = await session.get(Task, task_id)
+        async with self._read() as reads:
+            task = (await reads.execute(_TASK_HEAD, {"b_task": task_id})).first()
             if task is None or task.status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.FAILED):
                 return {"skipped": "task already ended"}
-            subtasks = list((await session.scalars(
-                select(Subtask).where(Subtask.task_id == task_id).order_by(Subtask.seq))).all())
+            subtasks = list((await reads.execute(_TASK_RESULTS, {"b_task": task_id})).all())
             request_text = f"{task.title}\n\n{task.description}".strip()
         if len(subtasks) == 1:
             final = subtasks[0].result or ""
@@ -699,20 +796,22 @@ class Engine:
             merged = await ctx.step("synthesis", lambda: self._synthesise(task_id, request_text, subtasks))
             final = str(merged["text"])
 
-        async def write(session: AsyncSession) -> None:
-            await session.execute(update(TASKS).where(TASKS.c.id == task_id, TASKS.c.status != TaskStatus.CANCELLED)
-                                  .values(result=final, status=TaskStatus.COMPLETED, finished_at=utcnow()))
-
-        ctx.on_commit(write)
+        ctx.on_commit_batch(self._record_task_results, {"b_id": task_id, "b_result": final, "b_finished": utcnow()})
         self._publish_after_commit(ctx, "task.done", task_id, {"result": final})
         return {"task_id": task_id, "chars": len(final)}
 
-    async def _synthesise(self, task_id: int, request_text: str, subtasks: list[Subtask]) -> dict[str, Any]:
+    async def _record_task_results(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        """The final answers of the tasks finished in one group commit (one executemany)."""
+        await session.execute(_TASK_DONE, rows)
+
+    async def _synthesise(self, task_id: int, request_text: str, subtasks: Sequence[Any]) -> dict[str, Any]:
         """A writer model merges the subtasks' results; if none can, the results are joined in order."""
         sections = "\n\n".join(f"## {s.seq}. {s.title}\n\n{s.result or ''}" for s in subtasks)
-        async with self._sessions() as session:
-            writer = await role_prompt(session, AiRole.WRITER)
-            choice = await self._selector.choose(session, category="writing", prefer_model_id=writer.preferred_model_id)
+        async with self._read() as reads:
+            writer = await self._prompts.role(reads, AiRole.WRITER)
+            candidates = await self._candidates.get(reads, router=self._router)
+            choice = await self._selector.choose(reads, category="writing", prefer_model_id=writer.preferred_model_id,
+                                                 candidates=candidates)
         if choice is None:
             return {"text": sections, "merged_by": None}
         messages = [ChatMessage("system", writer.system_prompt),
@@ -730,11 +829,31 @@ class Engine:
 
     # -- model calls --------------------------------------------------------------------------
 
+    def _read(self) -> AbstractAsyncContextManager[Reads]:
+        """Where hot-path reads go: an in-loop read-only SQLite connection, else a pooled connection,
+        taken only when a statement runs (cached lookups need none)."""
+        return lazy_reads(self._db) if self._db is not None else self._sessions()
+
+    async def _executor_role(self, reads: Reads, subtask_id: int, category: str | None,
+                             specialized_ai_id: int | None) -> RolePrompt:
+        """The specialised AI that executes a subtask: the one its workflow step names, else its category's role.
+
+        A named AI that was deleted or switched off since the run was planned falls back to the role
+        (logged), so the run still finishes.
+        """
+        if specialized_ai_id is not None:
+            named = await self._prompts.ai(reads, int(specialized_ai_id))
+            if named is not None:
+                return named
+            log.warning("the subtask's specialised AI is gone or switched off; using its category's role",
+                        subtask_id=subtask_id, specialized_ai_id=specialized_ai_id)
+        return await self._prompts.role(reads, role_for_category(category))
+
     async def _choose(self, *, category: str, exclude: tuple[str, ...], diverse_from: tuple[Candidate, ...],
                       prefer: int | None) -> dict[str, Any] | None:
-        async with self._reads() as session:
-            candidates = await self._candidates.get(session, router=self._router)
-            choice = await self._selector.choose(session, category=category, exclude=exclude,
+        async with self._read() as reads:
+            candidates = await self._candidates.get(reads, router=self._router)
+            choice = await self._selector.choose(reads, category=category, exclude=exclude,
                                                  diverse_from=diverse_from, prefer_model_id=prefer,
                                                  candidates=candidates)
         return None if choice is None else choice.as_dict() | {"provider_id": choice.candidate.provider_id,
@@ -744,8 +863,8 @@ class Engine:
     async def _check(self, *, task_id: int, subtask_id: int, checked: Candidate, prompt: str, context: str,
                      answer: str, references: tuple[str, ...], execution: dict[str, Any] | None) -> dict[str, Any]:
         """The hallucination report on one answer (bot/engine/suspicion.py), logged with its evidence."""
-        async with self._reads() as session:
-            passages = await suspicion.knowledge_passages(session, prompt)
+        async with self._read() as reads:
+            passages = await self._knowledge.passages(reads, prompt)
         report = await self._checker.check(suspicion.check_input(
             prompt=prompt, context=context, answer=answer, references=references, knowledge=passages,
             stream=(execution or {}).get("stream")))
@@ -781,7 +900,7 @@ class Engine:
             source, text, references = "retry by another model", str(got["text"]), (reference,)
         retry_report = await ctx.step("recover.check", lambda: self._check(
             task_id=task_id, subtask_id=subtask_id, checked=candidate, prompt=prompt, context=context, answer=text,
-            references=references, execution=None))
+            references=references, execution=None), lazy=True)
         kept = "retry" if suspicion.keep_retry(report, retry_report) else "original"
         recovery = {"model": candidate.key, "model_id": candidate.model_id, "source": source, "text": text,
                     "report": retry_report, "kept": kept, "candidate": candidate}
@@ -869,8 +988,8 @@ class Engine:
     async def _verdict(self, *, task_id: int, subtask_id: int, validator: Candidate, prompt: str,
                        answer: str) -> dict[str, Any]:
         """The validator's structured verdict; malformed twice means unvalidated, with that reason."""
-        async with self._reads() as session:
-            reviewer = await role_prompt(session, AiRole.REVIEWER)
+        async with self._read() as reads:
+            reviewer = await self._prompts.role(reads, AiRole.REVIEWER)
         messages = [ChatMessage("system", reviewer.system_prompt),
                     ChatMessage("user", f"SUBTASK:\n{prompt}\n\nRESULT:\n{answer}\n\nReview the RESULT "
                                         'critically. Reply with only the JSON object: {"score": 0-100, '
@@ -893,8 +1012,8 @@ class Engine:
     async def _judge(self, *, task_id: int, subtask_id: int, judge: Candidate, prompt: str, first: str,
                      second: str, review: str) -> dict[str, Any]:
         """One judgement with `first` shown as the RESULT and `second` as the ALTERNATIVE."""
-        async with self._reads() as session:
-            tiebreaker = await role_prompt(session, AiRole.TIEBREAKER)
+        async with self._read() as reads:
+            tiebreaker = await self._prompts.role(reads, AiRole.TIEBREAKER)
         messages = [ChatMessage("system", tiebreaker.system_prompt),
                     ChatMessage("user", f"SUBTASK:\n{prompt}\n\nRESULT:\n{first}\n\nREVIEW:\n{review}\n\n"
                                         f"ALTERNATIVE:\n{second}\n\nWhich is correct and complete: the RESULT "
@@ -942,28 +1061,76 @@ class Engine:
                 stack.enter_context(self._monitor_state.using_model(deployment.provider.name, deployment.model))
         return stack
 
-    async def _enqueue_ready(self, session: AsyncSession, task_id: int, subtasks: list[Subtask]) -> None:
+    def _ready_jobs(self, task_id: int, subtasks: Sequence[Any]) -> tuple[list[Any], list[JobSpec]]:
+        """The pending subtasks whose dependencies are done, and the jobs to queue (the finish when all ended)."""
         done = {s.seq for s in subtasks if s.status == SubtaskStatus.COMPLETED}
         ready = [s for s in subtasks if s.status == SubtaskStatus.PENDING and set(s.depends_on) <= done]
         specs = [JobSpec(kind=KIND_SUBTASK, idempotency_key=f"subtask:{s.id}:run", payload={"subtask_id": s.id},
                          priority=s.priority, task_id=task_id, subtask_id=s.id,
                          max_attempts=self._settings.max_attempts, timeout_s=self._settings.subtask_timeout_s)
                  for s in ready]
-        for subtask in ready:
-            subtask.status = SubtaskStatus.QUEUED
-        if all(s.status in TERMINAL_SUBTASK for s in subtasks):
+        if not ready and all(s.status in TERMINAL_SUBTASK for s in subtasks):
             specs.append(JobSpec(kind=KIND_FINISH, idempotency_key=f"task:{task_id}:finish",
                                  payload={"task_id": task_id}, task_id=task_id,
                                  max_attempts=self._settings.max_attempts))
+        return ready, specs
+
+    async def _enqueue_ready(self, session: AsyncSession, task_id: int, subtasks: list[Subtask]) -> None:
+        ready, specs = self._ready_jobs(task_id, subtasks)
+        for subtask in ready:
+            subtask.status = SubtaskStatus.QUEUED
         if specs:
             await self._queue.enqueue_in(session, specs)
 
     async def _schedule_after(self, session: AsyncSession, finished: Subtask) -> None:
+        await session.flush()
         await self._schedule_task(session, finished.task_id)
 
     async def _schedule_task(self, session: AsyncSession, task_id: int) -> None:
-        siblings = list((await session.scalars(select(Subtask).where(Subtask.task_id == task_id))).all())
-        await self._enqueue_ready(session, task_id, siblings)
+        await self._schedule_tasks(session, [task_id])
+
+    async def _schedule_tasks(self, session: AsyncSession, task_ids: Sequence[int]) -> None:
+        """Queue the tasks' subtasks that became ready, and the finish of tasks whose subtasks all ended.
+
+        Core rows and one statement each for many tasks: this runs in every group commit of successes.
+        """
+        if not task_ids:
+            return
+        by_task: dict[int, list[Any]] = {}
+        for row in await session.execute(_SIBLINGS, {"b_tasks": list(task_ids)}):
+            by_task.setdefault(int(row.task_id), []).append(row)
+        ready: list[Any] = []
+        specs: list[JobSpec] = []
+        for task_id, siblings in by_task.items():
+            task_ready, task_specs = self._ready_jobs(task_id, siblings)
+            ready.extend(task_ready)
+            specs.extend(task_specs)
+        if ready:
+            await session.execute(_MARK_QUEUED, [{"b_id": s.id} for s in ready])
+        if specs:
+            await self._queue.enqueue_in(session, specs)
+
+    async def _record_finished(self, session: AsyncSession, items: list[_Finished]) -> None:
+        """Subtask rows, quality metrics and dependants' jobs of the subtasks finished in one group commit.
+
+        One executemany per statement for the whole group. A subtask cancelled meanwhile matches
+        nothing; executemany reports only the total, so then every row is written again on its own
+        (the same values: harmless) to learn which ones count.
+        """
+        written = await session.execute(_RECORD_RESULT, [item.params for item in items])
+        matched = items
+        if getattr(written, "rowcount", 0) != len(items):
+            matched = [item for item in items
+                       if getattr(await session.execute(_RECORD_RESULT, item.params), "rowcount", 0) == 1]
+        await record_outcomes(session, [outcome for item in matched for outcome in item.outcomes])
+        finished = [item for item in matched if item.alone and not item.waiting]
+        if finished:
+            await session.execute(_TASK_DONE, [{"b_id": item.task_id, "b_result": item.params["b_result"],
+                                                "b_finished": item.params["b_finished"]} for item in finished])
+            for item in finished:  # published once the job's success is committed (a retried group overwrites)
+                self._tasks_done[item.job_id] = (item.task_id, str(item.params["b_result"]))
+        await self._schedule_tasks(session, sorted({item.task_id for item in matched
+                                                    if not item.waiting and not item.alone}))
 
     async def _fail_task(self, task_id: int, reason: str) -> None:
         async with self._queue.session() as session:
@@ -1030,6 +1197,28 @@ class Engine:
             self._bus.publish(Event(topic="task", kind=kind, task_id=task_id, payload=payload))
 
 
+_T = TypeVar("_T")
+# MariaDB/MySQL: deadlock, lock wait timeout. InnoDB rolled the whole transaction back, so running
+# it again is safe (a submit's rows and jobs are written together or not at all).
+_RETRYABLE_LOCK_ERRORS = (1213, 1205)
+
+
+async def _retry_deadlocks(operation: Callable[[], Awaitable[_T]], *, attempts: int = 4) -> _T:
+    """Run a write transaction again when InnoDB picked it as a deadlock victim (expected under load:
+    a submit's inserts and the workers' claims and group commits touch the same indexes)."""
+    attempt = 1
+    while True:
+        try:
+            return await operation()
+        except DBAPIError as err:
+            code = getattr(err.orig, "args", (None,))[0] if err.orig is not None else None
+            if attempt >= attempts or code not in _RETRYABLE_LOCK_ERRORS:
+                raise
+            log.warning("write retried after a lock conflict", attempt=attempt, error=str(err.orig)[:200])
+            await asyncio.sleep(0.005 * 2**attempt)
+            attempt += 1
+
+
 @functools.cache
 def _schema(model: type[Verdict] | type[Judgement]) -> dict[str, Any]:
     """Structured-output schemas are built once (pydantic's schema generation is not cheap)."""
@@ -1065,10 +1254,11 @@ def _plan_request(request_text: str) -> str:
     return f"TASK:\n{request_text}\n\nReply with only the JSON plan."
 
 
-def _subtask_prompt(task: Task, subtask: Subtask, context: str) -> str:
-    parts = [f"Overall task: {task.title}"]
-    if task.description:
-        parts.append(task.description)
+def _subtask_prompt(task_title: str, task_description: str | None, subtask: Any, context: str) -> str:
+    """The executor's request; `subtask` is a Subtask or a row with its seq, title, description, expected output."""
+    parts = [f"Overall task: {task_title}"]
+    if task_description:
+        parts.append(task_description)
     parts.append(f"Your subtask ({subtask.seq}): {subtask.title}\n{subtask.description}")
     if subtask.expected_output:
         parts.append(f"Expected output: {subtask.expected_output}")
@@ -1078,9 +1268,10 @@ def _subtask_prompt(task: Task, subtask: Subtask, context: str) -> str:
     return "\n\n".join(parts)
 
 
-async def _dependency_context(session: AsyncSession, subtask: Subtask) -> str:
-    if not subtask.depends_on:
+async def _dependency_context(reads: Reads, task_id: int, depends_on: Sequence[int]) -> str:
+    if not depends_on:
         return ""
-    rows = await session.scalars(select(Subtask).where(Subtask.task_id == subtask.task_id,
-                                                       Subtask.seq.in_(list(subtask.depends_on))).order_by(Subtask.seq))
+    rows = await reads.execute(
+        select(SUBTASKS.c.seq, SUBTASKS.c.title, SUBTASKS.c.result)
+        .where(SUBTASKS.c.task_id == task_id, SUBTASKS.c.seq.in_(list(depends_on))).order_by(SUBTASKS.c.seq))
     return "\n\n".join(f"[{row.seq}. {row.title}]\n{row.result or ''}" for row in rows)

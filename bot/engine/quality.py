@@ -155,18 +155,28 @@ def _fold_params(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def _insert_missing() -> Any:
+    return sqlite_insert(METRICS).on_conflict_do_nothing(index_elements=["model_id", "category"])
+
+
+def _insert_missing_mysql() -> Any:
+    insert_statement = mysql_insert(METRICS)
+    return insert_statement.on_duplicate_key_update(model_id=insert_statement.inserted.model_id)
+
+
+# Built once: building a statement costs more Python than running it.
+_INSERT_MISSING = {"sqlite": _insert_missing(), "mysql": _insert_missing_mysql()}
+_CATEGORY_ROWS = select(METRICS).where(METRICS.c.category == bindparam("b_category"))
+
+
 async def _ensure_rows(session: AsyncSession, pairs: list[tuple[int, str]]) -> None:
     """Create missing metrics rows; a row another daemon creates meanwhile is simply kept."""
     now = utcnow()
     rows = [{"model_id": model_id, "category": category, "runs": 0, "successes": 0, "failures": 0,
              "success_rate": 0.0, "mean_time_ms": 0.0, "validations": 0, "tiebreaks_won": 0, "tiebreaks_lost": 0,
              "ratings_count": 0, "updated_at": now} for model_id, category in pairs]
-    if session.bind is not None and session.bind.dialect.name == "sqlite":
-        statement: Any = sqlite_insert(METRICS).on_conflict_do_nothing(index_elements=["model_id", "category"])
-    else:
-        insert_statement = mysql_insert(METRICS)
-        statement = insert_statement.on_duplicate_key_update(model_id=insert_statement.inserted.model_id)
-    await session.execute(statement, rows)
+    sqlite = session.bind is not None and session.bind.dialect.name == "sqlite"
+    await session.execute(_INSERT_MISSING["sqlite" if sqlite else "mysql"], rows)
 
 
 async def record_outcomes(session: AsyncSession, outcomes: list[Outcome]) -> None:
@@ -207,7 +217,7 @@ async def rerank(session: AsyncSession, category: str) -> None:
     Usually no rank changes, so no row is written (on MariaDB: no row of the category is locked).
     """
     await session.flush()  # ORM changes of the caller (a rating) are part of the ranking
-    rows = (await session.execute(select(METRICS).where(METRICS.c.category == category))).all()
+    rows = (await session.execute(_CATEGORY_ROWS, {"b_category": category})).all()
     ranked = sorted(rows, key=lambda r: (-ranking_score(cast(MetricLike, r)), r.model_id))
     changed = [{"b_id": row.id, "b_rank": position} for position, row in enumerate(ranked, start=1)
                if row.rank != position]

@@ -18,15 +18,17 @@ one model, so "a model never validates its own work" holds across providers too.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, select
 
+from bot.db.engine import Reads
 from bot.db.models import AiModel, AiProvider
 from bot.engine.providers.router import Router
 from bot.engine.quality import METRICS, ranking_score
@@ -40,6 +42,23 @@ OTHER_FAMILY_BONUS = 0.10
 OTHER_PROVIDER_BONUS = 0.05
 SMALLER_BONUS = 0.30
 NEUTRAL_QUALITY = 0.5
+
+MODELS = cast(Table, AiModel.__table__)
+PROVIDERS = cast(Table, AiProvider.__table__)
+# Core columns, not ORM objects: read for every candidate list, by a session or a plain connection.
+_CANDIDATES = (
+    select(MODELS.c.id, MODELS.c.model_key, MODELS.c.family, MODELS.c.capabilities, MODELS.c.is_loaded,
+           MODELS.c.size_bytes, PROVIDERS.c.id.label("provider_id"), PROVIDERS.c.name.label("provider_name"),
+           PROVIDERS.c.is_local)
+    .join(PROVIDERS, PROVIDERS.c.id == MODELS.c.provider_id)
+    .where(MODELS.c.is_enabled.is_(True), MODELS.c.vanished_at.is_(None), PROVIDERS.c.is_enabled.is_(True))
+    .order_by(MODELS.c.id)
+)
+# Only what the score reads (no timestamps to convert per row).
+_CATEGORY_METRICS = select(
+    METRICS.c.model_id, METRICS.c.runs, METRICS.c.successes, METRICS.c.validations, METRICS.c.mean_validation_score,
+    METRICS.c.tiebreaks_won, METRICS.c.tiebreaks_lost, METRICS.c.ratings_count, METRICS.c.ratings_mean,
+).where(METRICS.c.category == bindparam("b_category"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +95,7 @@ class Choice:
                 "size_bytes": c.size_bytes, "score": round(self.score, 4), "reason": self.reason}
 
 
+@functools.lru_cache(maxsize=4096)
 def model_identity(key: str) -> str:
     """`lmstudio-community/Qwen2.5-7B-Instruct-GGUF/qwen2.5-7b-q4.gguf` → `qwen2.5-7b-q4`."""
     last = key.strip().lower().rstrip("/").split("/")[-1]
@@ -90,26 +110,20 @@ def family_of(key: str, declared: str | None) -> str:
     return match.group(0) if match else model_identity(key)
 
 
-async def load_candidates(session: AsyncSession, *, router: Router) -> list[Candidate]:
+async def load_candidates(session: Reads, *, router: Router) -> list[Candidate]:
     """Enabled chat models of enabled providers that the router can reach."""
     routable = set(router.groups())
-    query = (
-        select(AiModel, AiProvider)
-        .join(AiProvider, AiProvider.id == AiModel.provider_id)
-        .where(AiModel.is_enabled.is_(True), AiModel.vanished_at.is_(None), AiProvider.is_enabled.is_(True))
-        .order_by(AiModel.id)
-    )
     candidates = []
-    for model, provider in (await session.execute(query)).all():
-        capabilities = model.capabilities or {}
+    for row in await session.execute(_CANDIDATES):
+        capabilities = row.capabilities or {}
         if capabilities.get("type") == "embedding" or capabilities.get("embedding") is True:
             continue
-        if model.model_key not in routable:
+        if row.model_key not in routable:
             continue
         candidates.append(Candidate(
-            model_id=model.id, key=model.model_key, family=family_of(model.model_key, model.family),
-            provider_id=provider.id, provider_name=provider.name, is_local=provider.is_local,
-            is_loaded=model.is_loaded, size_bytes=model.size_bytes,
+            model_id=int(row.id), key=row.model_key, family=family_of(row.model_key, row.family),
+            provider_id=int(row.provider_id), provider_name=row.provider_name, is_local=bool(row.is_local),
+            is_loaded=bool(row.is_loaded), size_bytes=row.size_bytes,
         ))
     return candidates
 
@@ -125,7 +139,7 @@ class CandidateCache:
         self._routable: frozenset[str] = frozenset()
         self._candidates: list[Candidate] = []
 
-    async def get(self, session: AsyncSession, *, router: Router) -> list[Candidate]:
+    async def get(self, session: Reads, *, router: Router) -> list[Candidate]:
         """The current candidates (a fresh read when stale or when the router's models changed)."""
         routable = frozenset(router.groups())
         now = time.monotonic()
@@ -135,16 +149,47 @@ class CandidateCache:
         return list(self._candidates)
 
 
+class MetricsCache:
+    """The metrics rows of each category that selection reads, kept until they may have changed.
+
+    Every model choice ranks the candidates by their metrics; reading them per choice was the
+    biggest query of a subtask. The owner calls `invalidate` once outcomes it recorded have
+    committed (the engine does, on each subtask job's success), so within one daemon a choice
+    always sees every committed outcome; outcomes recorded by other daemons, and people's ratings,
+    are seen within `ttl_s`.
+    """
+
+    def __init__(self, *, ttl_s: float = 1.0) -> None:
+        self.ttl_s = ttl_s
+        self._rows: dict[str, tuple[float, dict[int, Any]]] = {}
+
+    def invalidate(self) -> None:
+        """Forget every category (the next choice reads again)."""
+        self._rows.clear()
+
+    async def get(self, session: Reads, category: str) -> dict[int, Any]:
+        """model id → metrics row of the category."""
+        now = time.monotonic()
+        cached = self._rows.get(category)
+        if cached is not None and now - cached[0] < self.ttl_s:
+            return cached[1]
+        rows = {row.model_id: row for row in await session.execute(_CATEGORY_METRICS, {"b_category": category})}
+        self._rows[category] = (now, rows)
+        return rows
+
+
 class Selector:
     """Scores candidates for a role; never returns a model in `exclude`."""
 
-    def __init__(self, *, router: Router, prefer_smaller: Callable[[], bool] | None = None) -> None:
+    def __init__(self, *, router: Router, prefer_smaller: Callable[[], bool] | None = None,
+                 metrics: MetricsCache | None = None) -> None:
         self._router = router
         self._prefer_smaller = prefer_smaller or (lambda: False)
+        self._metrics = metrics
 
     async def choose(
         self,
-        session: AsyncSession,
+        session: Reads,
         *,
         category: str,
         exclude: Collection[str] = (),
@@ -158,31 +203,35 @@ class Selector:
         pool = [c for c in pool if c.identity not in excluded]
         if not pool:
             return None
-        # Core rows, not ORM objects: this runs for every choice and only reads.
-        metrics = {
-            row.model_id: row
-            for row in (await session.execute(
-                select(METRICS).where(METRICS.c.category == category,
-                                      METRICS.c.model_id.in_([c.model_id for c in pool]))
-            )).all()
-        }
+        # Core rows of one prebuilt statement: this runs for every choice and only reads. A category
+        # has one row per model that ran in it, so reading all of them is cheaper than building an
+        # IN list per call.
+        if self._metrics is not None:
+            metrics = await self._metrics.get(session, category)
+        else:
+            metrics = {row.model_id: row
+                       for row in await session.execute(_CATEGORY_METRICS, {"b_category": category})}
+        wanted = {c.model_id for c in pool}
+        metrics = {model_id: row for model_id, row in metrics.items() if model_id in wanted}
         total_runs = sum(m.runs for m in metrics.values())
         size_rank: dict[int, int] = {}
         if self._prefer_smaller():
             by_size = sorted(pool, key=lambda c: (c.size_bytes is None, c.size_bytes or 0))
             size_rank = {c.model_id: rank for rank, c in enumerate(by_size)}
         health = {h.deployment: h for h in self._router.health()}
-        scored: list[tuple[float, int, Candidate, str]] = []
-        for candidate in pool:
+
+        def evaluate(candidate: Candidate, reasons: list[str] | None) -> float:
+            """The candidate's score; with `reasons`, also why (only the winner's are ever read)."""
             metric = metrics.get(candidate.model_id)
             quality = ranking_score(metric) if metric else NEUTRAL_QUALITY
             runs = metric.runs if metric else 0
-            explore = EXPLORATION * math.sqrt(math.log(total_runs + 1) / (runs + 1))
-            score = quality + explore
-            reasons = [f"quality {quality:.2f} over {runs} runs"]
+            score = quality + EXPLORATION * math.sqrt(math.log(total_runs + 1) / (runs + 1))
+            if reasons is not None:
+                reasons.append(f"quality {quality:.2f} over {runs} runs")
             if candidate.is_loaded:
                 score += LOADED_BONUS
-                reasons.append("loaded")
+                if reasons is not None:
+                    reasons.append("loaded")
             if candidate.is_local:
                 score += LOCAL_BONUS
             state = health.get(f"{candidate.provider_name}/{candidate.key}")
@@ -190,20 +239,29 @@ class Selector:
                 score -= BUSY_PENALTY * state.in_flight
                 if state.cooling_down_s > 0:
                     score -= COOLING_PENALTY
-                    reasons.append("cooling down")
+                    if reasons is not None:
+                        reasons.append("cooling down")
             if diverse_from:
                 if all(candidate.family != other.family for other in diverse_from):
                     score += OTHER_FAMILY_BONUS
-                    reasons.append(f"other family ({candidate.family})")
+                    if reasons is not None:
+                        reasons.append(f"other family ({candidate.family})")
                 if all(candidate.provider_id != other.provider_id for other in diverse_from):
                     score += OTHER_PROVIDER_BONUS
-                    reasons.append("other provider")
+                    if reasons is not None:
+                        reasons.append("other provider")
             if size_rank:
                 score += SMALLER_BONUS * (1 - size_rank[candidate.model_id] / len(pool))
-                reasons.append("smaller models preferred (VRAM)")
+                if reasons is not None:
+                    reasons.append("smaller models preferred (VRAM)")
             if prefer_model_id is not None and candidate.model_id == prefer_model_id:
                 score += 1.0
-                reasons.append("configured preference")
-            scored.append((score, -candidate.model_id, candidate, ", ".join(reasons)))
-        score, _, best, reason = max(scored, key=lambda item: (item[0], item[1]))
+                if reasons is not None:
+                    reasons.append("configured preference")
+            return score
+
+        score, _, best = max(((evaluate(c, None), -c.model_id, c) for c in pool), key=lambda item: (item[0], item[1]))
+        why: list[str] = []
+        evaluate(best, why)
+        reason = ", ".join(why)
         return Choice(candidate=best, score=score, reason=f"{best.key} for {category}: {reason}")

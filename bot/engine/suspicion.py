@@ -17,14 +17,17 @@ The checker always runs with the lexical embedder: it is what the confidence was
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import text
+from sqlalchemy import Table, select, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bot.db.base import utcnow
+from bot.db.engine import LazyReads, Reads
+from bot.db.models import KnowledgeEntry
 from bot.engine.embeddings import LexicalEmbedder
 from bot.engine.hallucination import CheckInput, HallucinationChecker, StreamStats
 from bot.engine.providers.port import ChatMessage
@@ -36,6 +39,7 @@ _WORD = re.compile(r"\w{4,}", re.UNICODE)
 MAX_PASSAGES = 5
 MAX_PASSAGE_CHARS = 2000
 MAX_REASONS = 5
+KNOWLEDGE = cast(Table, KnowledgeEntry.__table__)
 
 
 def new_checker() -> HallucinationChecker:
@@ -43,7 +47,40 @@ def new_checker() -> HallucinationChecker:
     return HallucinationChecker(LexicalEmbedder())
 
 
-async def knowledge_passages(session: AsyncSession, question: str) -> list[str]:
+class KnowledgeIndex:
+    """Knowledge passages for checks, skipping the full-text query while the knowledge base is empty.
+
+    Whether it has any row is re-read at most every `ttl_s`, so a first document added reaches
+    checks that start up to that much later (docs/engine.md, "Speed").
+    """
+
+    def __init__(self, *, ttl_s: float = 1.0) -> None:
+        self.ttl_s = ttl_s
+        self._checked_at = float("-inf")
+        self._has_rows = False
+
+    async def passages(self, connection: Reads, question: str) -> list[str]:
+        """Like `knowledge_passages`, without a query while the knowledge base is known to be empty."""
+        now = time.monotonic()
+        if now - self._checked_at >= self.ttl_s:
+            self._has_rows = (await connection.execute(select(KNOWLEDGE.c.id).limit(1))).first() is not None
+            self._checked_at = now
+        if not self._has_rows:
+            return []
+        return await knowledge_passages(connection, question)
+
+
+def _dialect(reads: Reads) -> str:
+    if isinstance(reads, LazyReads):
+        return reads.dialect_name
+    if isinstance(reads, AsyncConnection):
+        return reads.dialect.name
+    if isinstance(reads, AsyncSession):
+        return reads.get_bind().dialect.name
+    raise TypeError(f"cannot tell the database of {type(reads).__name__}")
+
+
+async def knowledge_passages(session: Reads, question: str) -> list[str]:
     """Knowledge-base passages that share the question's longer words (any of them), best first.
 
     Any-word matching on purpose: a check needs passages that may confirm or contradict a claim,
@@ -52,7 +89,7 @@ async def knowledge_passages(session: AsyncSession, question: str) -> list[str]:
     words = list(dict.fromkeys(w.lower() for w in _WORD.findall(question)))[:24]
     if not words:
         return []
-    dialect = session.get_bind().dialect.name
+    dialect = _dialect(session)
     if dialect == "sqlite":
         statement = text(
             "SELECT k.title, k.content FROM knowledge_base_fts JOIN knowledge_base k "

@@ -18,6 +18,7 @@ from bot.engine.queue import (
     JobPayloadError,
     JobQueue,
     JobSpec,
+    Lease,
     LeaseLostError,
     PermanentJobError,
     QueueEvent,
@@ -200,6 +201,63 @@ async def test_a_stale_worker_cannot_write_after_its_lease_moved(engine: AsyncEn
     view = await queue.get(job_id)
     assert (view.status, view.result, wrote_row) == ("succeeded", {"by": "fresh"}, [True])
     assert await queue.checkpoints(job_id) == {}
+
+
+async def test_batch_hooks_run_once_per_group_with_only_the_recorded_jobs(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine)
+    for key in ("a", "b", "c"):
+        await queue.enqueue(spec(key))
+    first, second, third = await queue.claim("w", limit=3)
+    calls: list[list[Any]] = []
+
+    async def write_rows(session: AsyncSession, items: list[Any]) -> None:
+        calls.append(list(items))
+        await session.execute(RESULTS.insert(), [
+            {"job_id": job_id, "idempotency_key": key, "text": key, "worker_id": "w"} for job_id, key in items])
+
+    stale = Lease(job_id=third.id, worker_id="w", fence=third.fence + 1)  # not this attempt's lease
+    done = await queue.complete_batch(
+        [(first.lease, {}, ()), (second.lease, {}, ()), (stale, {}, ())],
+        batched={job.id: [(write_rows, (job.id, job.idempotency_key))] for job in (first, second, third)},
+    )
+    assert done == {first.id, second.id}
+    assert calls == [[(first.id, "a"), (second.id, "b")]]  # one call, job-id order, no stale job
+
+    async def failing(session: AsyncSession, items: list[Any]) -> None:
+        raise RuntimeError("the hook's own write failed")
+
+    with pytest.raises(RuntimeError):
+        await queue.complete_batch([(third.lease, {"never": True}, ())], batched={third.id: [(failing, None)]})
+    assert (await queue.get(third.id)).status == "running"  # nothing of the failed group was written
+    async with engine.connect() as connection:
+        rows = (await connection.execute(select(RESULTS.c.text).order_by(RESULTS.c.text))).scalars().all()
+    assert rows == ["a", "b"]
+
+
+async def test_a_worker_hands_every_recorded_job_to_its_batch_hook_exactly_once(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine)
+    ids = [job_id for job_id, _ in [await queue.enqueue(spec(f"job-{n}")) for n in range(40)]]
+    seen: list[int] = []
+    groups: list[int] = []
+
+    async def record(session: AsyncSession, items: list[Any]) -> None:
+        groups.append(len(items))
+        seen.extend(items)
+
+    async def handler(ctx: JobContext) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        ctx.on_commit_batch(record, ctx.job.id)
+        return {}
+
+    running = RunningWorker(Worker(queue=queue, handlers={KIND: handler}, concurrency=16, poll_s=0.05))
+
+    async def all_done() -> bool:
+        return set(await statuses(queue, ids)) == {"succeeded"}
+
+    await wait_for(all_done)
+    await running.stop()
+    assert sorted(seen) == sorted(ids)
+    assert len(groups) < len(ids)  # jobs finishing together share one call
 
 
 async def test_timeout_recovery_by_another_daemon(engine: AsyncEngine) -> None:

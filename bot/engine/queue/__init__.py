@@ -22,6 +22,7 @@ from bot.engine.queue.errors import (
     UnknownJobError,
 )
 from bot.engine.queue.store import (
+    BatchHook,
     Checkpoint,
     ClaimedJob,
     CommitHook,
@@ -46,6 +47,7 @@ from bot.engine.queue.worker import (
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
+    "BatchHook",
     "Checkpoint",
     "ClaimedJob",
     "CommitHook",

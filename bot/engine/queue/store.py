@@ -69,6 +69,9 @@ _IN_CHUNK = 500
 ORPHAN_CLAIM_FACTOR = 3
 
 CommitHook = Callable[[AsyncSession], Awaitable[None]]
+# Runs once per group commit with the items every job of the group registered for it (see
+# JobContext.on_commit_batch): one statement for many jobs' rows instead of one per job.
+BatchHook = Callable[[AsyncSession, list[Any]], Awaitable[None]]
 BoundaryHook = Callable[[str, int], None]
 
 
@@ -261,7 +264,38 @@ _COMPLETE_MANY = (
         error=None,
         lease_expires_at=None,
         deadline_at=None,
+        finished_at=bindparam("b_finished", type_=JOBS.c.finished_at.type),
     )
+)
+# A claim's UPDATE of the rows it selected (statements are built once: building one costs more
+# Python than SQLite spends running it).
+_CLAIM_ROWS = (
+    update(JOBS)
+    .where(JOBS.c.id.in_(bindparam("b_ids", expanding=True)), JOBS.c.status == JOB_QUEUED)
+    .values(
+        status=JOB_RUNNING,
+        lease_owner=bindparam("b_owner"),
+        fence=JOBS.c.fence + 1,
+        attempts=JOBS.c.attempts + 1,
+        started_at=bindparam("b_now", type_=JOBS.c.started_at.type),
+        heartbeat_at=bindparam("b_now", type_=JOBS.c.heartbeat_at.type),
+        lease_expires_at=bindparam("b_expires", type_=JOBS.c.lease_expires_at.type),
+        deadline_at=bindparam("b_deadline", type_=JOBS.c.deadline_at.type),
+    )
+)
+_CLAIM_COLUMNS = (
+    JOBS.c.id,
+    JOBS.c.kind,
+    JOBS.c.idempotency_key,
+    JOBS.c.payload,
+    JOBS.c.priority,
+    JOBS.c.provider,
+    JOBS.c.task_id,
+    JOBS.c.subtask_id,
+    JOBS.c.attempts,
+    JOBS.c.max_attempts,
+    JOBS.c.fence,
+    JOBS.c.timeout_s,
 )
 
 
@@ -345,6 +379,9 @@ class JobQueue:
             if self.sqlite
             else mysql_insert(CHECKPOINTS).on_duplicate_key_update(seq=CHECKPOINTS.c.seq)
         )
+        self._insert_jobs: Any = self._insert_ignoring_duplicates()
+        self._checkpoint_upsert: Any = self._upsert_checkpoint()
+        self._claim_queries: dict[tuple[Any, ...], Any] = {}
         # A seam for crash tests and tracing: called at named commit boundaries.
         self._boundary = boundary_hook or _no_boundary
 
@@ -439,7 +476,7 @@ class JobQueue:
         """Add a job unless its idempotency key exists; returns (job id, whether it was new)."""
         row = _validate_spec(spec)
         async with self._write() as connection:
-            result = await connection.execute(self._insert_ignoring_duplicates(), row)
+            result = await connection.execute(self._insert_jobs, row)
             query = select(JOBS.c.id).where(JOBS.c.idempotency_key == spec.idempotency_key)
             job_id = int((await connection.execute(query)).scalar_one())
             # MariaDB counts a no-op ON DUPLICATE KEY UPDATE as a matched row; the insert id
@@ -454,7 +491,7 @@ class JobQueue:
         ids: dict[str, int] = {}
         async with self._write() as connection:
             for chunk in _chunks(rows):
-                await connection.execute(self._insert_ignoring_duplicates(), list(chunk))
+                await connection.execute(self._insert_jobs, list(chunk))
             keys = [row["idempotency_key"] for row in rows]
             for key_chunk in _chunks(keys):
                 found = await connection.execute(
@@ -471,7 +508,7 @@ class JobQueue:
         """
         rows = [_validate_spec(spec) for spec in specs]
         for chunk in _chunks(rows):
-            await connection.execute(self._insert_ignoring_duplicates(), list(chunk))
+            await connection.execute(self._insert_jobs, list(chunk))
 
     def _insert_ignoring_duplicates(self) -> Any:
         if self.sqlite:
@@ -499,37 +536,17 @@ class JobQueue:
             return []
         slots = dict(provider_slots or {})
         now = utcnow()
-        query = select(
-            JOBS.c.id,
-            JOBS.c.kind,
-            JOBS.c.idempotency_key,
-            JOBS.c.payload,
-            JOBS.c.priority,
-            JOBS.c.provider,
-            JOBS.c.task_id,
-            JOBS.c.subtask_id,
-            JOBS.c.attempts,
-            JOBS.c.max_attempts,
-            JOBS.c.fence,
-            JOBS.c.timeout_s,
-        ).where(JOBS.c.status == JOB_QUEUED, JOBS.c.available_at <= now)
-        kind_list = None if kinds is None else sorted(set(kinds))
-        if kind_list is not None:
-            if not kind_list:
-                return []
-            query = query.where(JOBS.c.kind.in_(kind_list))
-        full = sorted(provider for provider, free in slots.items() if free <= 0)
-        if full:
-            query = query.where(or_(JOBS.c.provider.is_(None), JOBS.c.provider.not_in(full)))
+        kind_list = None if kinds is None else tuple(sorted(set(kinds)))
+        if kind_list is not None and not kind_list:
+            return []
+        full = tuple(sorted(provider for provider, free in slots.items() if free <= 0))
         limited = any(free > 0 for free in slots.values())
         fetch = limit * _OVERFETCH if limited else limit
-        query = query.order_by(JOBS.c.priority.desc(), JOBS.c.id).limit(fetch)
-        if not self.sqlite:
-            query = query.with_for_update(skip_locked=True)
+        query = self._claim_query(kind_list, full)
 
         claimed: list[ClaimedJob] = []
         async with self._write(immediate=True) as connection:
-            rows = (await connection.execute(query)).all()
+            rows = (await connection.execute(query, {"b_now": now, "b_fetch": fetch})).all()
             if not rows:
                 return []
             for row in rows:
@@ -561,22 +578,38 @@ class JobQueue:
                 by_timeout[job.timeout_s].append(job.id)
             for timeout_s, job_ids in by_timeout.items():
                 await connection.execute(
-                    update(JOBS)
-                    .where(JOBS.c.id.in_(job_ids), JOBS.c.status == JOB_QUEUED)
-                    .values(
-                        status=JOB_RUNNING,
-                        lease_owner=worker_id,
-                        fence=JOBS.c.fence + 1,
-                        attempts=JOBS.c.attempts + 1,
-                        started_at=now,
-                        heartbeat_at=now,
-                        lease_expires_at=now + self.lease,
-                        deadline_at=now + timedelta(seconds=timeout_s) + self._deadline_grace,
-                    )
+                    _CLAIM_ROWS,
+                    {
+                        "b_ids": job_ids,
+                        "b_owner": worker_id,
+                        "b_now": now,
+                        "b_expires": now + self.lease,
+                        "b_deadline": now + timedelta(seconds=timeout_s) + self._deadline_grace,
+                    },
                 )
             self._boundary("claim.before_commit", claimed[0].id if claimed else 0)
         self._boundary("claim.after_commit", claimed[0].id if claimed else 0)
         return claimed
+
+    def _claim_query(self, kinds: tuple[str, ...] | None, full: tuple[str, ...]) -> Any:
+        """The claim's SELECT for these kinds and full providers, built once per combination."""
+        key = (kinds, full)
+        query = self._claim_queries.get(key)
+        if query is not None:
+            return query
+        query = select(*_CLAIM_COLUMNS).where(
+            JOBS.c.status == JOB_QUEUED, JOBS.c.available_at <= bindparam("b_now", type_=JOBS.c.available_at.type)
+        )
+        if kinds is not None:
+            query = query.where(JOBS.c.kind.in_(kinds))
+        if full:
+            query = query.where(or_(JOBS.c.provider.is_(None), JOBS.c.provider.not_in(full)))
+        query = query.order_by(JOBS.c.priority.desc(), JOBS.c.id).limit(bindparam("b_fetch"))
+        if not self.sqlite:
+            query = query.with_for_update(skip_locked=True)
+        if len(self._claim_queries) < 64:  # the combinations a worker uses are few
+            self._claim_queries[key] = query
+        return query
 
     # -- lease holder's writes ---------------------------------------------------------------
 
@@ -622,12 +655,15 @@ class JobQueue:
         items: Sequence[tuple[Lease, dict[str, Any] | None, Sequence[CommitHook]]],
         *,
         deferred: Mapping[int, Deferred] | None = None,
+        batched: Mapping[int, Sequence[tuple[BatchHook, Any]]] | None = None,
     ) -> set[int]:
         """Group commit: record many successes (each fenced on its own) in one transaction.
 
         Returns the ids recorded; a stale lease among them is skipped, not fatal. If a hook raises,
         nothing of the batch is written and the error propagates (callers retry items singly).
         `deferred` (job id → its lazy writes) is written for the recorded jobs, before the hooks.
+        `batched` (job id → (batch hook, item) pairs): after the per-job hooks, each batch hook runs
+        once with the items of the recorded jobs, in job-id order.
         """
         checked = sorted(
             ((lease, self._checked_json(result), tuple(hooks)) for lease, result, hooks in items),
@@ -643,10 +679,11 @@ class JobQueue:
                 # One round trip for the whole group; only if some lease was lost do we redo it row
                 # by row to learn which (the all-or-nothing check keeps this exact).
                 rows = [
-                    {"b_id": lease.job_id, "b_owner": lease.worker_id, "b_fence": lease.fence, "b_result": result}
+                    {"b_id": lease.job_id, "b_owner": lease.worker_id, "b_fence": lease.fence, "b_result": result,
+                     "b_finished": now}
                     for lease, result, _hooks in checked
                 ]
-                outcome = await connection.execute(_COMPLETE_MANY.values(finished_at=now), rows)
+                outcome = await connection.execute(_COMPLETE_MANY, rows)
                 if _rowcount(outcome) == len(rows):
                     fast = True
                     done.update(lease.job_id for lease, _result, _hooks in checked)
@@ -666,13 +703,20 @@ class JobQueue:
                      if lease.job_id in done and lease.job_id in deferred],
                     now,
                 )
-            if hooked_done:
+            groups: dict[BatchHook, list[Any]] = {}
+            for lease, _result, _hooks in checked:
+                if lease.job_id in done:
+                    for batch_hook, item in (batched or {}).get(lease.job_id, ()):
+                        groups.setdefault(batch_hook, []).append(item)
+            if hooked_done or groups:
                 # Hooks get an ORM session joined to this transaction: their rows commit with the
                 # result or not at all.
                 hook_session = AsyncSession(bind=connection, expire_on_commit=False)
                 for hooks in hooked_done:
                     for hook in hooks:
                         await hook(hook_session)
+                for batch_hook, batch_items in groups.items():
+                    await batch_hook(hook_session, batch_items)
                 await hook_session.flush()
             self._boundary("complete.before_commit", checked[0][0].job_id)
         self._boundary("complete.after_commit", checked[0][0].job_id)
@@ -680,16 +724,9 @@ class JobQueue:
 
     async def _complete_one(self, connection: AsyncConnection, lease: Lease, result: Any, now: datetime) -> bool:
         outcome = await connection.execute(
-            update(JOBS)
-            .where(_lease_matches(lease))
-            .values(
-                status=JOB_SUCCEEDED,
-                result=result,
-                error=None,
-                finished_at=now,
-                lease_expires_at=None,
-                deadline_at=None,
-            )
+            _COMPLETE_MANY,
+            {"b_id": lease.job_id, "b_owner": lease.worker_id, "b_fence": lease.fence, "b_result": result,
+             "b_finished": now},
         )
         return _rowcount(outcome) == 1
 
@@ -770,18 +807,17 @@ class JobQueue:
         async with self._write() as connection:
             await self._touch_lease(connection, lease, now)
             await connection.execute(
-                self._upsert_checkpoint(
-                    {
-                        "job_id": lease.job_id,
-                        "key": key,
-                        "kind": kind,
-                        "seq": 1,
-                        "fence": lease.fence,
-                        "data": payload,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
+                self._checkpoint_upsert,
+                {
+                    "job_id": lease.job_id,
+                    "key": key,
+                    "kind": kind,
+                    "seq": 1,
+                    "fence": lease.fence,
+                    "data": payload,
+                    "created_at": now,
+                    "updated_at": now,
+                },
             )
             await self._apply_deferred(connection, [(lease, deferred)], now)
             self._boundary("checkpoint.before_commit", lease.job_id)
@@ -927,7 +963,9 @@ class JobQueue:
 
     async def _touch_lease(self, connection: AsyncConnection, lease: Lease, now: datetime) -> None:
         outcome = await connection.execute(
-            update(JOBS).where(_lease_matches(lease)).values(heartbeat_at=now, lease_expires_at=now + self.lease)
+            _TOUCH_MANY,
+            {"b_id": lease.job_id, "b_owner": lease.worker_id, "b_fence": lease.fence, "b_now": now,
+             "b_expires": now + self.lease},
         )
         if _rowcount(outcome) != 1:
             raise LeaseLostError(
@@ -935,9 +973,10 @@ class JobQueue:
                 hint="another attempt owns the job now; this one must stop",
             )
 
-    def _upsert_checkpoint(self, row: dict[str, Any]) -> Any:
+    def _upsert_checkpoint(self) -> Any:
+        """Insert or overwrite one checkpoint (the row comes as the execute's parameters)."""
         if self.sqlite:
-            statement = sqlite_insert(CHECKPOINTS).values(row)
+            statement = sqlite_insert(CHECKPOINTS)
             return statement.on_conflict_do_update(
                 index_elements=["job_id", "key"],
                 set_={
@@ -948,7 +987,7 @@ class JobQueue:
                     "seq": CHECKPOINTS.c.seq + 1,
                 },
             )
-        insert_statement = mysql_insert(CHECKPOINTS).values(row)
+        insert_statement = mysql_insert(CHECKPOINTS)
         return insert_statement.on_duplicate_key_update(
             data=insert_statement.inserted.data,
             kind=insert_statement.inserted.kind,

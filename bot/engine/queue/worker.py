@@ -25,7 +25,15 @@ from sqlalchemy.exc import DBAPIError
 
 from bot.db.models.queue import CHECKPOINT_STEP, JOB_DEAD
 from bot.engine.queue.errors import LeaseLostError, PermanentJobError
-from bot.engine.queue.store import NOTHING_DEFERRED, ClaimedJob, CommitHook, Deferred, JobQueue, PendingWrite
+from bot.engine.queue.store import (
+    NOTHING_DEFERRED,
+    BatchHook,
+    ClaimedJob,
+    CommitHook,
+    Deferred,
+    JobQueue,
+    PendingWrite,
+)
 from bot.logs import get_logger
 
 log = get_logger(__name__)
@@ -61,6 +69,7 @@ class JobContext:
     partials: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, Any] = field(default_factory=dict)
     commit_hooks: list[CommitHook] = field(default_factory=list)
+    batch_hooks: list[tuple[BatchHook, Any]] = field(default_factory=list)
     # Lazy steps and row writes waiting for this attempt's next durable write (see `defer`).
     lazy_steps: dict[str, Any] = field(default_factory=dict)
     pending_writes: list[PendingWrite] = field(default_factory=list)
@@ -126,6 +135,15 @@ class JobContext:
         """Write the caller's own rows in the transaction that records success (exactly once)."""
         self.commit_hooks.append(hook)
 
+    def on_commit_batch(self, hook: BatchHook, item: Any) -> None:
+        """Like `on_commit`, but `hook` runs once per group commit with every recorded job's item.
+
+        For result rows many jobs write the same way (one executemany instead of a statement per
+        job). `hook` must be the same object for every job (a bound method or a module function);
+        a group that fails is retried job by job, so it may also run with a single item.
+        """
+        self.batch_hooks.append((hook, item))
+
 
 # The job attempt running in this asyncio task (None outside handlers): lets code deep inside a
 # handler (the router's usage hook, the engine's log writer) hand rows to the attempt's next write.
@@ -148,6 +166,7 @@ class _Completion:
     hooks: tuple[CommitHook, ...]
     outcome: asyncio.Future[bool]
     deferred: Deferred = NOTHING_DEFERRED
+    batched: tuple[tuple[BatchHook, Any], ...] = ()
 
 
 def _process_alive(pid: int) -> bool:
@@ -409,7 +428,7 @@ class Worker:
             return
         deferred = context.take_deferred()
         try:
-            recorded = await self._complete(job, result, context.commit_hooks, deferred)
+            recorded = await self._complete(job, result, context.commit_hooks, deferred, context.batch_hooks)
         except asyncio.CancelledError:
             if self._draining_release:
                 await asyncio.shield(self.queue.release(job.lease))  # fenced: no-op if it committed
@@ -432,12 +451,19 @@ class Worker:
             self._emit("stale_result", job, "lease lost before the result was recorded")
 
     async def _complete(
-        self, job: ClaimedJob, result: dict[str, Any] | None, hooks: list[CommitHook], deferred: Deferred
+        self,
+        job: ClaimedJob,
+        result: dict[str, Any] | None,
+        hooks: list[CommitHook],
+        deferred: Deferred,
+        batched: list[tuple[BatchHook, Any]],
     ) -> bool:
         """Hand the result to the group-commit flusher and wait for its verdict."""
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._completions.append(
-            _Completion(job=job, result=result, hooks=tuple(hooks), outcome=outcome, deferred=deferred)
+            _Completion(
+                job=job, result=result, hooks=tuple(hooks), outcome=outcome, deferred=deferred, batched=tuple(batched)
+            )
         )
         self._completions_ready.set()
         return await outcome
@@ -465,6 +491,7 @@ class Worker:
                 lambda: self.queue.complete_batch(
                     [(item.job.lease, item.result, item.hooks) for item in live],
                     deferred={item.job.id: item.deferred for item in live if item.deferred},
+                    batched={item.job.id: item.batched for item in live if item.batched},
                 )
             )
         except Exception as err:
