@@ -278,6 +278,7 @@ class TaskThreads:
             submitted = await self._engine.submit(
                 title=f"Follow-up on #{thread.task_id}: {text}"[:120], user_id=principal.user_id,
                 description=followup_prompt(thread, history, text), single_step=True,
+                conversation_id=thread.conversation_id,
                 origin={"platform": thread.place.platform, "channel_id": thread.place.channel_id,
                         "thread_id": thread.place.thread_id, "followup_of": thread.task_id,
                         "requester": _requester(event.sender)},
@@ -286,8 +287,6 @@ class TaskThreads:
             subscription.close()
             raise
         async with self._sessions() as session, session.begin():
-            await session.execute(update(Task).where(Task.id == submitted.task_id)
-                                  .values(conversation_id=thread.conversation_id))
             await session.execute(update(ChatMessage).where(ChatMessage.id == message_id)
                                   .values(task_id=submitted.task_id))
         await self._audit(principal, event, "task.followup", AuditOutcome.SUCCESS,

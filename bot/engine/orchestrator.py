@@ -260,12 +260,15 @@ class Engine:
         idempotency_key: str | None = None,
         single_step: bool = False,
         workflow_id: int | None = None,
+        conversation_id: int | None = None,
     ) -> SubmittedTask:
         """Create a task and queue its planning; the same idempotency key never creates two.
 
         `single_step` skips the planner: the request is one subtask (a question, `/ask`), still
         executed by one model and validated by another. `workflow_id` runs that workflow with
         `description` as its input: its stored steps are the plan (bot/engine/workflows.py).
+        `conversation_id`: the chat conversation the task belongs to, set with the row so its
+        checks already see the conversation's earlier answers (drift).
         """
         if workflow_id is not None and (single_step or template):
             raise EngineError("a workflow run is planned from its steps; it takes no template or single step")
@@ -297,7 +300,8 @@ class Engine:
                 # Core rows, not ORM objects: a submit is one short transaction on the queue's writer.
                 return await self._insert_task(session, title=title, description=text, user_id=user_id,
                                                priority=priority, category=kind, origin=origin or {},
-                                               idempotency_key=idempotency_key, single_step=single_step), True
+                                               idempotency_key=idempotency_key, single_step=single_step,
+                                               conversation_id=conversation_id), True
 
         task_id, created = await _retry_deadlocks(create)
         if not created:
@@ -314,13 +318,13 @@ class Engine:
 
     async def _insert_task(self, session: AsyncSession, *, title: str, description: str, user_id: int | None,
                            priority: int, category: str | None, origin: dict[str, Any], idempotency_key: str | None,
-                           single_step: bool) -> int:
+                           single_step: bool, conversation_id: int | None = None) -> int:
         """The task row; a single-step task also gets its one subtask, already queued."""
         now = utcnow()
         inserted = await session.execute(_INSERT_TASK, {
             "title": title, "description": description, "user_id": user_id, "priority": priority,
             "category": category, "origin": origin, "idempotency_key": idempotency_key,
-            "status": TaskStatus.RUNNING if single_step else TaskStatus.PENDING,
+            "conversation_id": conversation_id, "status": TaskStatus.RUNNING if single_step else TaskStatus.PENDING,
             "started_at": now if single_step else None})
         task_id = int(cast(Any, inserted).inserted_primary_key[0])
         if single_step:
@@ -636,10 +640,11 @@ class Engine:
                          executor: Candidate, validator: Candidate, execution: dict[str, Any], answer: str,
                          reference: str, verdict: Verdict, divergence: Divergence,
                          validation: dict[str, Any], avoid_judges: tuple[str, ...] = (),
-                         alone: bool = False) -> dict[str, Any]:
+                         alone: bool = False, rerun: bool = False) -> dict[str, Any]:
         """A third model judges executor vs validator twice, positions swapped; a flip is a tie.
 
-        `avoid_judges` (a re-run) are skipped when another third model is available.
+        `avoid_judges` (a re-run) are skipped when another third model is available. `rerun`: the
+        execution was counted when it ran, so only the new tie-break reaches the metrics.
         """
         ctx.defer(PendingWrite(_SET_STATUS, {"b_id": subtask_id, "b_status": SubtaskStatus.TIEBREAKING}))
         judge_data = await ctx.step("select.tiebreaker", lambda: self._choose(
@@ -696,7 +701,7 @@ class Engine:
                                           executor=executor, execution=execution, final=final,
                                           validation=validation, verdict=verdict, validator=validator,
                                           divergence=divergence, judge=judge, outcome=outcome,
-                                          waiting=needs_decision, alone=alone)
+                                          waiting=needs_decision, alone=alone, rerun=rerun)
 
     async def _tiebreak_job(self, ctx: JobContext) -> dict[str, Any]:
         """Run the tie-break again from the answers and verdict the subtask row already holds."""
@@ -732,7 +737,7 @@ class Engine:
                                      answer=str(validation.get("executor_answer") or subtask.result or ""),
                                      reference=str(validation.get("reference_answer") or ""),
                                      verdict=Verdict.model_validate(validation.get("verdict") or {}),
-                                     divergence=divergence, validation=validation, avoid_judges=judged)
+                                     divergence=divergence, validation=validation, avoid_judges=judged, rerun=True)
 
     async def _finish_subtask(self, ctx: JobContext, *, task_id: int, subtask_id: int, category: str,
                               executor: Candidate, execution: dict[str, Any], final: str,
@@ -740,7 +745,7 @@ class Engine:
                               validator: Candidate | None = None, divergence: Divergence | None = None,
                               judge: Candidate | None = None, outcome: str | None = None,
                               waiting: bool = False, replaced_by: Candidate | None = None,
-                              alone: bool = False) -> dict[str, Any]:
+                              alone: bool = False, rerun: bool = False) -> dict[str, Any]:
         """Subtask row, quality metrics and dependants' jobs, written with the job's success.
 
         `alone`: the task's only subtask, so its answer is the task's and the task is finished in
@@ -752,10 +757,11 @@ class Engine:
         threshold = self._settings.threshold_for(category)
         executor_ok = outcome == "executor" or (outcome is None and (divergence is None or divergence.pct <= threshold))
         outcomes = [Outcome(model_id=executor.model_id, category=category,
-                            succeeded=executor_ok and replaced_by is None,
-                            duration_ms=float(execution.get("latency_ms") or 0.0),
-                            validation_score=verdict.score if verdict else None,
-                            tiebreak=_tiebreak_result(outcome, side="executor"))]
+                            tiebreak=_tiebreak_result(outcome, side="executor"))] if rerun else [
+            Outcome(model_id=executor.model_id, category=category, succeeded=executor_ok and replaced_by is None,
+                    duration_ms=float(execution.get("latency_ms") or 0.0),
+                    validation_score=verdict.score if verdict else None,
+                    tiebreak=_tiebreak_result(outcome, side="executor"))]
         if replaced_by is not None:
             outcomes.append(Outcome(model_id=replaced_by.model_id, category=category, succeeded=executor_ok))
         if validator is not None and outcome in ("executor", "validator"):
@@ -865,9 +871,10 @@ class Engine:
         """The hallucination report on one answer (bot/engine/suspicion.py), logged with its evidence."""
         async with self._read() as reads:
             passages = await self._knowledge.passages(reads, prompt)
+            earlier = await suspicion.earlier_answers(reads, task_id)
         report = await self._checker.check(suspicion.check_input(
             prompt=prompt, context=context, answer=answer, references=references, knowledge=passages,
-            stream=(execution or {}).get("stream")))
+            stream=(execution or {}).get("stream"), earlier=earlier))
         data = report.as_dict()
         stopped = (execution or {}).get("stopped")
         if stopped and not data["suspect"]:  # cut off while streaming: never a clean answer

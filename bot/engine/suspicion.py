@@ -21,13 +21,14 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, select, text
+from sqlalchemy import Table, bindparam, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import aliased
 
 from bot.db.base import utcnow
 from bot.db.engine import LazyReads, Reads
-from bot.db.models import KnowledgeEntry
+from bot.db.models import KnowledgeEntry, Task, TaskStatus
 from bot.engine.embeddings import LexicalEmbedder
 from bot.engine.hallucination import CheckInput, HallucinationChecker, StreamStats
 from bot.engine.providers.port import ChatMessage
@@ -109,13 +110,35 @@ async def knowledge_passages(session: Reads, question: str) -> list[str]:
     return [f"{title}\n{content}"[:MAX_PASSAGE_CHARS] for title, content in rows]
 
 
+MAX_EARLIER = 3
+_CURRENT, _EARLIER = aliased(Task), aliased(Task)
+# Earlier answers to the same question in the same chat conversation (a follow-up asked again in
+# a task's thread): what the drift detector compares with. A task outside a conversation matches
+# nothing, so the hot path pays one primary-key lookup.
+_EARLIER_ANSWERS = (
+    select(_EARLIER.result)
+    .join(_CURRENT, (_EARLIER.conversation_id == _CURRENT.conversation_id) & (_EARLIER.title == _CURRENT.title)
+          & (_EARLIER.id < _CURRENT.id))
+    .where(_CURRENT.id == bindparam("task_id"), _EARLIER.status == TaskStatus.COMPLETED,
+           _EARLIER.result.is_not(None))
+    .order_by(_EARLIER.id.desc())
+    .limit(MAX_EARLIER)
+)
+
+
+async def earlier_answers(reads: Reads, task_id: int) -> list[str]:
+    """The newest answers to this task's question asked earlier in its conversation."""
+    rows = (await reads.execute(_EARLIER_ANSWERS, {"task_id": task_id})).all()
+    return [str(row[0]) for row in rows if row[0]]
+
+
 def check_input(*, prompt: str, context: str, answer: str, references: Sequence[str], knowledge: Sequence[str],
-                stream: dict[str, Any] | None) -> CheckInput:
+                stream: dict[str, Any] | None, earlier: Sequence[str] = ()) -> CheckInput:
     """One subtask answer and the evidence it is checked against."""
     stats = StreamStats(**stream) if stream else None
     return CheckInput(question=prompt, answer=answer, context=context, now=utcnow(),
                       reference_answers=[r for r in references if r.strip()], knowledge=list(knowledge),
-                      stream_stats=stats)
+                      stream_stats=stats, earlier_answers=list(earlier))
 
 
 def reasons(report: dict[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot.db.models import AiModel, AiQualityMetric, ExecutionLog
+from bot.db.models import AiModel, AiQualityMetric, ChatConversation, ExecutionLog
 from bot.engine.runtime import EngineRuntime
 from tests.fakes import FakeLMStudio
 from tests.integration.test_chat_engine import console_for, wait_for_text
@@ -167,4 +167,40 @@ async def test_with_one_model_a_suspect_answer_is_kept_but_marked_and_the_thread
         assert sub is not None
     finally:
         await console.stop()
+        await stop(runtime)
+
+
+async def test_an_answer_that_drifts_from_the_earlier_answer_in_the_conversation_is_flagged(
+    migrated_db: str, lmstudio: FakeLMStudio, tmp_path: Path
+) -> None:
+    first, drifted = ("The Eiffel Tower is 330 metres tall and stands in Paris.",
+                      "The Eiffel Tower is 120 metres tall and stands in Lyon.")
+    for key, family in (("aaa-executor-7b", "qwen"), ("bbb-helper-3b", "llama")):
+        lmstudio.script(key, family=family, responder=responder(answer=first, recovery=first))
+    runtime = await start_engine(migrated_db, lmstudio, tmp_path)
+    try:
+        assert runtime.engine is not None
+        async with runtime.sessions() as session, session.begin():
+            conversation = ChatConversation(platform="console", channel_id="c1", thread_id="t1")
+            session.add(conversation)
+            await session.flush()
+            conversation_id = conversation.id
+        question = "Follow-up on #1: how tall is the Eiffel Tower?"
+        earlier = await wait_task(runtime, (await runtime.engine.submit(
+            title=question, single_step=True, conversation_id=conversation_id)).task_id)
+        assert earlier.result == first
+        (sub,) = await subtasks_of(runtime, earlier.id)
+        assert not any(f["detector"] == "drift" for f in (sub.validation or {})["hallucination"]["findings"])
+        for key, family in (("aaa-executor-7b", "qwen"), ("bbb-helper-3b", "llama")):
+            lmstudio.script(key, family=family, responder=responder(answer=drifted, recovery=drifted))
+        later = await wait_task(runtime, (await runtime.engine.submit(
+            title=question, single_step=True, conversation_id=conversation_id)).task_id)
+        (sub,) = await subtasks_of(runtime, later.id)
+        drift = [f for f in (sub.validation or {})["hallucination"]["findings"] if f["detector"] == "drift"]
+        assert drift and drift[0]["evidence"]["earlier_answer"] == first
+        # Outside the conversation the same question has no earlier answer to drift from.
+        alone = await wait_task(runtime, (await runtime.engine.submit(title=question, single_step=True)).task_id)
+        (sub,) = await subtasks_of(runtime, alone.id)
+        assert not any(f["detector"] == "drift" for f in (sub.validation or {})["hallucination"]["findings"])
+    finally:
         await stop(runtime)

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from bot.commands.threads import TaskThreads
 from bot.commands.wiring import build_dispatcher
-from bot.db.models import AuditLog, ChatConversation, ChatMessage, Subtask, Task, User, UserIdentity
+from bot.db.models import AiQualityMetric, AuditLog, ChatConversation, ChatMessage, Subtask, Task, User, UserIdentity
 from bot.engine.runtime import EngineRuntime
 from bot.platforms.console import ConsolePlatform
 from bot.platforms.discord_platform import DiscordPlatform
@@ -232,6 +232,10 @@ async def test_console_dispute_choices_rerun_then_decide_once(migrated_db: str, 
         validation = sub.validation or {}
         assert validation["decision"] == {"chosen": "validator", "by": "oscar"}
         assert len(validation["tiebreak_history"]) == 1
+        async with runtime.sessions() as session:
+            runs = (await session.scalars(select(AiQualityMetric.runs).where(
+                AiQualityMetric.model_id == sub.executor_model_id, AiQualityMetric.category == sub.category))).all()
+        assert list(runs) == [1]  # the re-run judged again; the execution itself counts once
         texts = [m.text for m in oscar.messages]
         assert any("oscar chose run the tie-break again" in t for t in texts)
         assert any("oscar chose the validator's answer" in t for t in texts)
