@@ -16,7 +16,6 @@ OAuthFlowError (bot.errors.OrchestratorError)
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.db.base import utcnow
 from bot.db.models import AuthType, Credential, CredentialTemplate, OAuthState
 from bot.errors import OrchestratorError
+from bot.vault.fields import CredentialFieldsError, open_fields
 
 DEFAULT_TTL_S = 600
 STATE_BYTES = 32
@@ -107,20 +107,10 @@ async def oauth_template(session: AsyncSession, service: str) -> tuple[Credentia
 
 def credential_fields(vault: Any, credential: Credential) -> dict[str, Any]:
     """The credential's sealed form fields (client id and secret, tokens), for the flow only."""
-    from bot.vault import VaultError
-
     try:
-        opened = vault.open_text(credential.secret_blob, table="credentials", column="secret_blob",
-                                 row_id=credential.id)
-    except VaultError as err:  # expected: a damaged blob or a missing key; the message names no value
-        raise CredentialNotUsable(f"credential {credential.id} cannot be decrypted: {err.message}") from None
-    try:
-        value = json.loads(opened.get_secret_value())
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):  # e.g. a provider token stored as a bare string
-        raise CredentialNotUsable(f"credential {credential.id} does not hold form fields; store its secret again")
-    return value
+        return open_fields(vault, credential)
+    except CredentialFieldsError as err:
+        raise CredentialNotUsable(err.message) from None
 
 
 def _client_id(vault: Any, credential: Credential) -> str:

@@ -31,6 +31,7 @@ from admin_api.resources._common import Id, JsonObject, Name, ShortKey, Timestam
 from admin_api.state import SERVICES, SESSIONS
 from bot.db.base import utcnow
 from bot.db.models import AuthType, Credential, CredentialStatus, CredentialTemplate
+from bot.vault.fields import CredentialFieldsError, open_fields
 
 routes = web.RouteTableDef()
 SecretFields = Annotated[dict[Annotated[str, Field(max_length=64)], SecretStr], Field(min_length=1, max_length=32)]
@@ -152,19 +153,10 @@ def seal_secret(vault: Any, row: Credential, fields: dict[str, Any]) -> None:
 
 def open_secret(vault: Any, row: Credential) -> dict[str, Any]:
     """The row's fields, decrypted (for the OAuth flow; never for a response)."""
-    from bot.vault import VaultError
-
     try:
-        opened = vault.open_text(row.secret_blob, table="credentials", column="secret_blob", row_id=row.id)
-    except VaultError as err:  # expected: a damaged blob or a missing key; the message names no value
-        raise Conflict(f"credential {row.id} cannot be decrypted: {err.message}") from None
-    try:
-        value = json.loads(opened.get_secret_value())
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):  # e.g. a provider token stored as a bare string
-        raise Conflict(f"credential {row.id} does not hold form fields; store its secret through this API again")
-    return value
+        return open_fields(vault, row)
+    except CredentialFieldsError as err:
+        raise Conflict(err.message) from None
 
 
 async def _update(ctx: Ctx, session: AsyncSession, values: dict[str, Any], row: Any) -> dict[str, Any]:

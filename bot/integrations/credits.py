@@ -22,7 +22,6 @@ on the account row (`credits_remaining`, `credits_unit`, `metadata.credit_sync`)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -36,6 +35,7 @@ from bot.db.models import Credential, CredentialStatus, ExternalApiAccount
 from bot.errors import OrchestratorError
 from bot.logs import get_logger, register_secret
 from bot.settings import CreditsSettings
+from bot.vault.fields import CredentialFieldsError, open_fields
 
 _log = get_logger(__name__)
 DEFAULT_BASE_URLS = {"openrouter": "https://openrouter.ai/api/v1", "openai": "https://api.openai.com/v1"}
@@ -209,20 +209,10 @@ async def fetch_credits(service: str, api_key: str, *, settings: CreditsSettings
 
 
 def _api_key(vault: Any, credential: Credential, service: str) -> str:
-    from bot.vault import VaultError
-
     try:
-        opened = vault.open_text(credential.secret_blob, table="credentials", column="secret_blob",
-                                 row_id=credential.id)
-    except VaultError as err:
-        raise CredentialProblem(f"credential {credential.id} cannot be decrypted: {err.message}") from None
-    try:
-        fields = json.loads(opened.get_secret_value())
-    except ValueError:
-        fields = None
-    if not isinstance(fields, dict):
-        raise CredentialProblem(f"credential {credential.id} does not hold form fields",
-                                hint="store its secret again as {\"api_key\": \"…\"}")
+        fields = open_fields(vault, credential)
+    except CredentialFieldsError as err:
+        raise CredentialProblem(err.message, hint=err.hint) from None
     for name in KEY_FIELDS[service]:
         value = fields.get(name)
         if isinstance(value, str) and value.strip():

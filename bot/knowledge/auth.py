@@ -18,7 +18,6 @@ expired, and hold usable fields.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC
@@ -31,6 +30,7 @@ from bot.db.base import utcnow
 from bot.db.models import Credential, CredentialStatus, KnowledgeSource
 from bot.knowledge.errors import CredentialUnusable
 from bot.logs import register_secret
+from bot.vault.fields import CredentialFieldsError, open_fields
 
 TOKEN_FIELDS = ("access_token", "token", "bearer_token", "api_key", "personal_access_token",
                 "integration_secret", "bot_token")
@@ -100,22 +100,10 @@ def auth_from_fields(fields: dict[str, Any], metadata: dict[str, Any], credentia
 
 
 def _open_fields(vault: Any, credential: Credential) -> dict[str, Any]:
-    from bot.vault import VaultError
-
     try:
-        opened = vault.open_text(credential.secret_blob, table="credentials", column="secret_blob",
-                                 row_id=credential.id)
-    except VaultError as err:  # expected: a damaged blob or a missing key; the message names no value
-        raise CredentialUnusable(f"credential {credential.id} cannot be decrypted: {err.message}",
-                                 hint=err.hint) from None
-    try:
-        fields = json.loads(opened.get_secret_value())
-    except ValueError:
-        fields = None
-    if not isinstance(fields, dict):
-        raise CredentialUnusable(f"credential {credential.id} does not hold form fields",
-                                 hint="store its secret again as {\"token\": \"…\"}")
-    return fields
+        return open_fields(vault, credential)
+    except CredentialFieldsError as err:
+        raise CredentialUnusable(err.message, hint=err.hint) from None
 
 
 async def _credential(session: AsyncSession, source: KnowledgeSource) -> Credential:
