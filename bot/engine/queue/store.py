@@ -250,14 +250,16 @@ def _lease_matches(lease: Lease) -> Any:
     )
 
 
+# The lease named by a statement's parameters is still this worker's (executemany form of `_lease_matches`).
+_HELD_BY_PARAMS = and_(
+    JOBS.c.id == bindparam("b_id"),
+    JOBS.c.status == JOB_RUNNING,
+    JOBS.c.lease_owner == bindparam("b_owner"),
+    JOBS.c.fence == bindparam("b_fence"),
+)
 _COMPLETE_MANY = (
     update(JOBS)
-    .where(
-        JOBS.c.id == bindparam("b_id"),
-        JOBS.c.status == JOB_RUNNING,
-        JOBS.c.lease_owner == bindparam("b_owner"),
-        JOBS.c.fence == bindparam("b_fence"),
-    )
+    .where(_HELD_BY_PARAMS)
     .values(
         status=JOB_SUCCEEDED,
         result=bindparam("b_result", type_=JOBS.c.result.type),
@@ -301,12 +303,7 @@ _CLAIM_COLUMNS = (
 
 _TOUCH_MANY = (
     update(JOBS)
-    .where(
-        JOBS.c.id == bindparam("b_id"),
-        JOBS.c.status == JOB_RUNNING,
-        JOBS.c.lease_owner == bindparam("b_owner"),
-        JOBS.c.fence == bindparam("b_fence"),
-    )
+    .where(_HELD_BY_PARAMS)
     .values(
         heartbeat_at=bindparam("b_now", type_=JOBS.c.heartbeat_at.type),
         lease_expires_at=bindparam("b_expires", type_=JOBS.c.lease_expires_at.type),
