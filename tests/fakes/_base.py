@@ -13,9 +13,11 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.fakes._loopback import LoopbackServer
 
 _TOKEN_RE = re.compile(r"\S+\s*|\s+")
 JSON_BODY: web.RequestKey[Any] = web.RequestKey("json_body", object)
@@ -151,19 +153,18 @@ def embedding_for(text: str, dims: int) -> list[float]:
     return [((seed * (k + 7)) % 1000) / 1000.0 for k in range(dims)]
 
 
-class FakeLLMServer(abc.ABC):
+class FakeLLMServer(LoopbackServer):
     """Base of the fakes: scripted models, recorded calls, start/stop on 127.0.0.1:0.
 
     Use as `async with FakeX() as fake:` or call `await fake.start()` / `await fake.close()`.
     """
 
     def __init__(self, *, api_token: str | None = None) -> None:
+        super().__init__()
         self.models: dict[str, ModelScript] = {}
         self.api_token = api_token
         self.recorded: list[RecordedCall] = []
         self.open_streams = 0
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     # -- scripting -------------------------------------------------------------------------
     def script(self, model: str, **behaviour: Any) -> ModelScript:
@@ -194,21 +195,7 @@ class FakeLLMServer(abc.ABC):
         """Forget recorded requests (between phases of a test)."""
         self.recorded.clear()
 
-    # -- lifecycle -------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. http://127.0.0.1:45123 (no trailing slash)."""
-        if self._port is None:
-            raise RuntimeError("fake server not started")
-        return f"http://127.0.0.1:{self._port}"
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        if self._port is None:
-            raise RuntimeError("fake server not started")
-        return self._port
-
+    # -- lifecycle (start, close, url, port: tests/fakes/_loopback.py) -----------------------
     @abc.abstractmethod
     def build_app(self) -> web.Application:
         """The server's routes, on an app made by `_new_app` (so requests are recorded)."""
@@ -244,32 +231,6 @@ class FakeLLMServer(abc.ABC):
     def auth_error(self) -> web.Response:
         """How this server says the token is wrong."""
         return web.json_response({"error": {"message": "Invalid API token", "type": "invalid_api_key"}}, status=401)
-
-    async def start(self) -> Self:
-        """Bind 127.0.0.1 on a free port and serve."""
-        runner = web.AppRunner(self.build_app(), shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None)
-        assert sockets
-        self._port = sockets[0].getsockname()[1]
-        self._runner = runner
-        return self
-
-    async def close(self) -> None:
-        """Stop serving and close every open connection."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # -- helpers for subclasses ------------------------------------------------------------
     def take_failure(self, script: ModelScript) -> bool:
