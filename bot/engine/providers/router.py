@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
 from collections import deque
@@ -153,7 +154,7 @@ class _State:
     in_flight: int = 0
     outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
     cooldown_until: float = 0.0
-    last_picked: float = 0.0
+    last_picked: int = 0  # the router's pick counter when last chosen (0: never)
 
 
 Action = Literal["raise", "next", "retry"]
@@ -355,6 +356,8 @@ class Router:
         self._on_call = on_call
         self._clock = clock
         self._rng = rng or random.Random()  # jitter only; not security relevant
+        # A counter, not the clock: two picks within one clock tick still rotate in order.
+        self._picks = itertools.count(1)
         self._groups: dict[str, list[Deployment]] = {}
         self._states: dict[str, _State] = {}
         for deployment in deployments:
@@ -601,7 +604,7 @@ class Router:
             return ((state.in_flight + 1) / deployment.weight, state.last_picked, self._rng.random())
 
         chosen = min(pool, key=load)
-        self._state(chosen).last_picked = now
+        self._state(chosen).last_picked = next(self._picks)
         return chosen
 
     def _soonest_available(self, group: str, excluded: set[str]) -> float | None:
