@@ -241,6 +241,17 @@ def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[An
         yield items[start : start + size]
 
 
+@asynccontextmanager
+async def _committed(connection: AsyncConnection) -> AsyncIterator[AsyncConnection]:
+    """Commit when the block ends normally, roll back when it raises (cancellation included)."""
+    try:
+        yield connection
+    except BaseException:
+        await connection.rollback()
+        raise
+    await connection.commit()
+
+
 def _lease_matches(lease: Lease) -> Any:
     return and_(
         JOBS.c.id == lease.job_id,
@@ -388,13 +399,8 @@ class JobQueue:
     async def _write(self, *, immediate: bool = False) -> AsyncIterator[AsyncConnection]:
         """A short write transaction; on SQLite it holds the write lock from its first statement."""
         if self._write_lock is None:
-            async with self.engine.connect() as connection:
-                try:
-                    yield connection
-                except BaseException:
-                    await connection.rollback()
-                    raise
-                await connection.commit()
+            async with self.engine.connect() as connection, _committed(connection):
+                yield connection
             return
         # SQLite has one writer at a time. Queueing our own writers on an asyncio lock is far
         # cheaper than letting them collide in SQLite's busy handler (which sleeps in steps of
@@ -403,12 +409,8 @@ class JobQueue:
             async with self._write_lock, self.engine.connect() as connection:
                 if immediate:
                     await connection.exec_driver_sql("BEGIN IMMEDIATE")
-                try:
+                async with _committed(connection):
                     yield connection
-                except BaseException:
-                    await connection.rollback()
-                    raise
-                await connection.commit()
             return
         async with self._write_lock:
             # Opened and closed explicitly, not with `async with`: its exit closes the connection
@@ -419,12 +421,8 @@ class JobQueue:
                 # Every transaction takes the write lock up front, so no other process can claim
                 # the rows it reads, and nothing after this statement ever waits for a lock.
                 await self._begin_immediate(connection)
-                try:
+                async with _committed(connection):
                     yield connection
-                except BaseException:
-                    await connection.rollback()
-                    raise
-                await connection.commit()
             finally:
                 await connection.close()
 
