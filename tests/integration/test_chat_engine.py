@@ -7,6 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
+from bot.commands.threads import TaskThreads
 from bot.commands.wiring import build_dispatcher, console_user
 from bot.db.models import Task
 from bot.engine.runtime import EngineRuntime
@@ -17,14 +18,25 @@ from tests.integration.test_engine import PARIS, lmstudio, plan, start_engine, s
 __all__ = ["lmstudio"]
 
 
-async def console_for(runtime: EngineRuntime, tmp_path: Path) -> ConsolePlatform:
+async def console_for(runtime: EngineRuntime, tmp_path: Path) -> tuple[ConsolePlatform, TaskThreads]:
     assert runtime.engine is not None
     _registry, dispatcher = build_dispatcher(settings=runtime.settings, sessions=runtime.sessions,
                                              engine=runtime.engine, bus=runtime.bus)
+    threads = dispatcher.services.components["threads"]
+    assert isinstance(threads, TaskThreads)
     _user, sender = await console_user(runtime.sessions, username=None)
     console = ConsolePlatform(sink=dispatcher.handle_event, user_id=sender.user_id, files_dir=tmp_path / "files")
     await console.start()
-    return console
+    return console, threads
+
+
+async def close(console: ConsolePlatform, threads: TaskThreads, runtime: EngineRuntime) -> None:
+    """Let the thread followers record the ending before the database goes: a follower writing
+    after `dispose()` opens a connection in a fresh pool that nothing ever closes."""
+    await console.stop()
+    await threads.wait_idle(limit_s=10)
+    await threads.stop()
+    await stop(runtime)
 
 
 async def wait_for_text(console: ConsolePlatform, needle: str, *, timeout: float = 60) -> None:
@@ -41,7 +53,7 @@ async def test_task_opens_a_thread_with_plan_output_verdict_and_answer(
         lmstudio.script(name, answer=PARIS, family=family,
                         structured={"Plan": plan(step(1, "capital of France")), "Verdict": verdict(93, "approve")})
     runtime = await start_engine(migrated_db, lmstudio, tmp_path)
-    console = await console_for(runtime, tmp_path)
+    console, threads = await console_for(runtime, tmp_path)
     try:
         replies = await console.submit("/task What is the capital of France?")
         assert any("queued" in reply for reply in replies)
@@ -55,8 +67,7 @@ async def test_task_opens_a_thread_with_plan_output_verdict_and_answer(
         anchors = {m.thread_id for m in thread}
         assert len(anchors) == 1  # everything in the task's one thread
     finally:
-        await console.stop()
-        await stop(runtime)
+        await close(console, threads, runtime)
 
 
 async def test_ask_streams_an_answer_and_its_verdict_in_portuguese(
@@ -66,7 +77,7 @@ async def test_ask_streams_an_answer_and_its_verdict_in_portuguese(
         lmstudio.script(name, answer="A capital da França é Paris.", family=family,
                         structured={"Verdict": verdict(90, "approve")})
     runtime = await start_engine(migrated_db, lmstudio, tmp_path)
-    console = await console_for(runtime, tmp_path)
+    console, threads = await console_for(runtime, tmp_path)
     console.language = "pt-BR"
     try:
         async with runtime.sessions() as session, session.begin():
@@ -87,8 +98,7 @@ async def test_ask_streams_an_answer_and_its_verdict_in_portuguese(
                     if (c.body.get("response_format") or {}).get("json_schema", {}).get("schema", {}).get("title")
                     == "Plan"]
     finally:
-        await console.stop()
-        await stop(runtime)
+        await close(console, threads, runtime)
 
 
 async def test_an_unknown_console_user_cannot_run_tasks(
