@@ -14,6 +14,7 @@ import json
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_
@@ -24,6 +25,9 @@ from admin_api.problems import InvalidCursor
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+# json.dumps with `separators` builds a new encoder per call; one encoder with the same settings
+# writes the same text.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def _plain(value: Any) -> Any:
@@ -38,7 +42,7 @@ def _plain(value: Any) -> Any:
 
 def encode_cursor(*, sort: str, value: Any, row_id: int) -> str:
     """An opaque cursor pointing just after the row with this sort value and id."""
-    raw = json.dumps([sort, _plain(value), row_id], separators=(",", ":")).encode()
+    raw = _COMPACT.encode([sort, _plain(value), row_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -89,7 +93,16 @@ def after_cursor(
 
 
 def link_header(url: URL, *, next_cursor: str | None) -> str:
-    """RFC 8288 links to the first and, when there is one, the next page (relative URLs)."""
+    """RFC 8288 links to the first and, when there is one, the next page (relative URLs).
+
+    A pure function of its arguments, remembered for recent ones: rebuilding the URLs through
+    yarl costs more than the rest of a page's response, and clients repeat the same requests.
+    """
+    return _link_header(url, next_cursor)
+
+
+@lru_cache(maxsize=1024)
+def _link_header(url: URL, next_cursor: str | None) -> str:
     relative = url if not url.is_absolute() else url.relative()
     first = relative.without_query_params("cursor")
     links = [f'<{first}>; rel="first"']

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     updated: float
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Whether a request may go on, what is left, and how long to wait if not."""
+class Decision(NamedTuple):
+    """Whether a request may go on, what is left, and how long to wait if not.
+
+    A named tuple, not a frozen dataclass: it is built on every request, and a tuple is built
+    several times faster while being just as immutable.
+    """
 
     allowed: bool
     remaining: int
@@ -37,9 +41,10 @@ class RateLimiter:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(tokens=float(self.burst), updated=now)
-        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate)
+        tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return Decision(allowed=True, remaining=int(bucket.tokens), retry_after_s=0.0)
-        return Decision(allowed=False, remaining=0, retry_after_s=(1.0 - bucket.tokens) / self.rate)
+        if tokens >= 1.0:
+            bucket.tokens = tokens - 1.0
+            return Decision(True, int(tokens - 1.0), 0.0)
+        bucket.tokens = tokens
+        return Decision(False, 0, (1.0 - tokens) / self.rate)

@@ -35,7 +35,8 @@ class Reader:
         self._totals: dict[tuple[str, Hashable], tuple[float, int]] = {}
         self._sync: Engine | None = None
         self._raw: PoolProxiedConnection | None = None
-        self._compiled: dict[Hashable, tuple[str, Any, tuple[str, ...], tuple[Any, ...]]] = {}
+        self._compiled: dict[Hashable, tuple[str, tuple[tuple[str, Any, Any], ...]]] = {}
+        self._connection: Any = None  # the sqlite3 connection behind _raw
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             # One connection used only from the event loop's thread; autocommit so no snapshot is
             # held between requests and nothing needs rolling back when it is returned.
@@ -73,14 +74,23 @@ class Reader:
             names = tuple(compiled.positiontup or ())
             processors = tuple(compiled.binds[name].type._cached_bind_processor(self._sync.dialect)
                                for name in names)
-            entry = self._compiled[key] = (str(compiled), compiled, names, processors)
-        sql, statement, names, processors = entry
-        params = statement.construct_params(values, _check=False)
-        positional = [params[name] if process is None else process(params[name])
-                      for name, process in zip(names, processors, strict=True)]
-        if self._raw is None:
+            # Parameters the caller never passes (the OFFSET 0 SQLAlchemy adds to LIMIT) take the
+            # value they were compiled with; resolving them once spares construct_params per call.
+            # (construct_params keys them by their escaped name where a name needed escaping.)
+            escaped = compiled.escaped_bind_names or {}
+            compiled_values = compiled.construct_params(_check=False)
+            slots = tuple((name, compiled_values[escaped.get(name, name)], process)
+                          for name, process in zip(names, processors, strict=True))
+            entry = self._compiled[key] = (str(compiled), slots)
+        sql, slots = entry
+        positional = []
+        for name, default, process in slots:
+            value = values.get(name, default)
+            positional.append(value if process is None else process(value))
+        connection = self._connection
+        if connection is None:
             self._raw = self._sync.raw_connection()
-        connection: Any = self._raw.driver_connection
+            connection = self._connection = self._raw.driver_connection
         found: list[Any] = connection.execute(sql, positional).fetchall()
         return found
 
@@ -117,5 +127,6 @@ class Reader:
         if self._raw is not None:
             self._raw.close()
             self._raw = None
+            self._connection = None
         if self._sync is not None:
             self._sync.dispose()

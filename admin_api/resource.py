@@ -9,6 +9,7 @@ that exists, or the request fails with 422 reference-not-found before anything i
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from sqlalchemy import ColumnElement, String, bindparam, func, inspect, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -136,11 +137,21 @@ class Resource:
         reader = ctx.request.app[READER]
         if not reader.inline_sqlite or self.json_row is None:
             return None
-        rows = reader.run_cached(("get", self.name), lambda: select(self.json_row).where(  # type: ignore[arg-type]
-            self.pk == bindparam("row_id", type_=self.pk.type)), {"row_id": row_id})
+        try:
+            rows = reader.run_cached(("get", self.name), lambda: select(self.json_row).where(  # type: ignore[arg-type]
+                self.pk == bindparam("row_id", type_=self.pk.type)), {"row_id": row_id})
+        except sqlite3.OperationalError as err:
+            if not _unrenderable_json(err):
+                raise
+            return None  # the row holds JSON SQLite cannot read (NaN): pydantic renders it
         if not rows:
             raise NotFound(f"no {self.label} with id {row_id}")
         return str(rows[0][0]).encode()
+
+    @cached_property
+    def sort_types(self) -> dict[str, type]:
+        """The Python type of each accepted `sort` value's column (how its cursors are decoded)."""
+        return {f"{prefix}{name}": _python_type(self.attr(name)) for name in self.sort_fields for prefix in ("", "-")}
 
     @cached_property
     def items_adapter(self) -> TypeAdapter[list[Any]]:
@@ -245,7 +256,8 @@ def _bound_filters(resource: Resource, names: Sequence[str]) -> list[ColumnEleme
 
 
 def _json_page(resource: Resource, query: Any, reader: Any) -> tuple[list[Any], int]:
-    """A page of (json, sort value, id) rows and the total, on SQLite's raw connection.
+    """A page of (json, sort value, id) rows — (json, id) when sorted by id — and the total, on
+    SQLite's raw connection.
 
     Statements are built with bind parameters and compiled once per shape (sort, filters used,
     cursor or not); the values of each request are bound at execution.
@@ -259,14 +271,16 @@ def _json_page(resource: Resource, query: Any, reader: Any) -> tuple[list[Any], 
                               for name in names}
     has_cursor = query.cursor is not None
     if has_cursor:
-        value, row_id = decode_cursor(query.cursor, sort=sort, python_type=_python_type(column))
+        value, row_id = decode_cursor(query.cursor, sort=sort, python_type=resource.sort_types[sort])
         if value is None and column is not pk:
             raise InvalidCursor("the cursor is not one this API issued")
         values.update(c_value=value if column is not pk else row_id, c_id=row_id)
 
     def build() -> Any:
-        statement = select(resource.json_row.label("_json"), column.label("_sort"),  # type: ignore[union-attr]
-                           pk.label("_id")).where(*_bound_filters(resource, names))
+        # Sorted by id, the id is the whole cursor: one column fewer to fetch per row.
+        keys = (pk.label("_id"),) if column is pk else (column.label("_sort"), pk.label("_id"))
+        statement = select(resource.json_row.label("_json"),  # type: ignore[union-attr]
+                           *keys).where(*_bound_filters(resource, names))
         if has_cursor:
             row_param: Any = bindparam("c_id", type_=pk.type)
             statement = statement.where(after_cursor(
@@ -302,16 +316,39 @@ async def list_rows(ctx: Ctx, resource: Resource, *, extra_where: Sequence[Colum
     """
     query = ctx.query
     reader = ctx.request.app[READER]
-    if reader.inline_sqlite and resource.json_row is not None and not extra_where:
-        page, counted_total = _json_page(resource, query, reader)
-        return _page_response(ctx, query, page, counted_total, _python_type(resource.attr(query.sort.lstrip("-"))))
+    as_json = reader.inline_sqlite and resource.json_row is not None
+    if as_json:
+        try:
+            if not extra_where:
+                page, counted_total = _json_page(resource, query, reader)
+                return _page_response(ctx, query, page, counted_total, resource.sort_types[query.sort])
+            return await _list_page(ctx, resource, query, extra_where, as_json=True)
+        except (sqlite3.OperationalError, DBAPIError) as err:
+            if not _unrenderable_json(err):
+                raise
+        # A row on this page holds JSON SQLite cannot read (NaN, Infinity): pydantic renders it.
+    return await _list_page(ctx, resource, query, extra_where, as_json=False)
+
+
+def _unrenderable_json(err: BaseException) -> bool:
+    """Whether a SQLite error means json() met a stored value it cannot parse.
+
+    Python's json module (SQLAlchemy's JSON type) writes NaN and Infinity, which SQLite's json()
+    refuses; the pydantic path reads them and writes null, so those rows take that path instead.
+    """
+    return "malformed JSON" in str(err)
+
+
+async def _list_page(ctx: Ctx, resource: Resource, query: Any, extra_where: Sequence[ColumnElement[bool]], *,
+                     as_json: bool) -> web.Response:
+    """The list through SQLAlchemy Core: rows as SQLite JSON (`as_json`) or validated by pydantic."""
+    reader = ctx.request.app[READER]
     sort: str = query.sort
     descending = sort.startswith("-")
     sort_name = sort.lstrip("-")
     column = resource.attr(sort_name)
     pk = resource.pk
     where = [*resource.filter_clauses(query), *extra_where]
-    as_json = reader.inline_sqlite and resource.json_row is not None
     if as_json:
         statement = select(resource.json_row.label("_json"), column.label("_sort"), pk.label("_id"))  # type: ignore[union-attr]
     else:
@@ -361,12 +398,13 @@ async def list_rows(ctx: Ctx, resource: Resource, *, extra_where: Sequence[Colum
 
 
 def _page_response(ctx: Ctx, query: Any, rows: list[Any], total: int, sort_type: type) -> web.Response:
-    """The list answer for rows of (json, sort value, id)."""
+    """The list answer for rows of (json, sort value, id), or (json, id) when sorted by id."""
     next_cursor = None
     if len(rows) > query.limit:
         rows = rows[: query.limit]
         last = rows[-1]
-        next_cursor = encode_cursor(sort=query.sort, value=_cursor_value(last[1], sort_type), row_id=last[2])
+        value = last[1] if len(last) == 2 else _cursor_value(last[1], sort_type)
+        next_cursor = encode_cursor(sort=query.sort, value=value, row_id=last[-1])
     cursor_json = "null" if next_cursor is None else f'"{next_cursor}"'
     body = f'{{"items":[{",".join([row[0] for row in rows])}],"total":{total},"limit":{query.limit},' \
            f'"next_cursor":{cursor_json}}}'
