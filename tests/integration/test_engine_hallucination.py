@@ -17,7 +17,7 @@ from sqlalchemy import select
 from bot.db.models import AiModel, AiQualityMetric, ChatConversation, ExecutionLog
 from bot.engine.runtime import EngineRuntime
 from tests.fakes import FakeLMStudio
-from tests.integration.test_chat_engine import console_for, wait_for_text
+from tests.integration.test_chat_engine import close, console_for, wait_for_text
 from tests.integration.test_engine import (
     lmstudio,
     metrics,
@@ -153,7 +153,7 @@ async def test_with_one_model_a_suspect_answer_is_kept_but_marked_and_the_thread
 ) -> None:
     lmstudio.script("only-model", responder=responder(answer=BAD, recovery=BAD))
     runtime = await start_engine(migrated_db, lmstudio, tmp_path)
-    console = await console_for(runtime, tmp_path)
+    console, threads = await console_for(runtime, tmp_path)
     try:
         await console.submit(f"/task {QUESTION}")
         await wait_for_text(console, "Final answer")
@@ -166,8 +166,7 @@ async def test_with_one_model_a_suspect_answer_is_kept_but_marked_and_the_thread
                 ExecutionLog.event == "hallucination.check"))).first()
         assert sub is not None
     finally:
-        await console.stop()
-        await stop(runtime)
+        await close(console, threads, runtime)
 
 
 async def test_an_answer_that_drifts_from_the_earlier_answer_in_the_conversation_is_flagged(

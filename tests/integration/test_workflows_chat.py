@@ -11,8 +11,8 @@ from sqlalchemy import select, update
 from bot.db.models import Task, User, UserIdentity, UserRole
 from tests.fakes import FakeLMStudio
 from tests.integration.test_api_harness import Api, api, shared_db
-from tests.integration.test_chat_engine import console_for, wait_for_text
-from tests.integration.test_engine import lmstudio, start_engine, stop, wait_task
+from tests.integration.test_chat_engine import close, console_for, wait_for_text
+from tests.integration.test_engine import lmstudio, start_engine, wait_task
 from tests.integration.test_workflows import NOTE, add_workflow, models, planner_calls, writer_and_template
 
 __all__ = ["api", "lmstudio", "shared_db"]
@@ -23,7 +23,7 @@ async def test_list_show_and_run_a_workflow_into_its_thread(
 ) -> None:
     models(lmstudio)
     runtime = await start_engine(migrated_db, lmstudio, tmp_path)
-    console = await console_for(runtime, tmp_path)
+    console, threads = await console_for(runtime, tmp_path)
     try:
         writer_id, template_id = await writer_and_template(runtime)
         workflow_id = await add_workflow(runtime, [
@@ -61,8 +61,7 @@ async def test_list_show_and_run_a_workflow_into_its_thread(
         async with runtime.sessions() as session:
             assert len((await session.scalars(select(Task))).all()) == 1
     finally:
-        await console.stop()
-        await stop(runtime)
+        await close(console, threads, runtime)
 
 
 async def test_viewers_may_look_but_not_run_and_read_portuguese(
@@ -70,7 +69,7 @@ async def test_viewers_may_look_but_not_run_and_read_portuguese(
 ) -> None:
     models(lmstudio)
     runtime = await start_engine(migrated_db, lmstudio, tmp_path)
-    console = await console_for(runtime, tmp_path)
+    console, threads = await console_for(runtime, tmp_path)
     try:
         writer_id, _ = await writer_and_template(runtime)
         workflow_id = await add_workflow(runtime, [{"name": "a", "specialized_ai_id": writer_id, "instructions": "A"}])
@@ -89,8 +88,7 @@ async def test_viewers_may_look_but_not_run_and_read_portuguese(
         async with runtime.sessions() as session:
             assert (await session.scalars(select(Task))).first() is None
     finally:
-        await console.stop()
-        await stop(runtime)
+        await close(console, threads, runtime)
 
 
 async def test_the_api_refuses_a_run_the_workflow_cannot_do(api: Api) -> None:
