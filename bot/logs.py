@@ -98,11 +98,16 @@ def configure_logging(
         if json_output
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    # Dropping a call below the level before the other processors run: the engine's hot paths
+    # log at INFO, and stamping and merging each event only for the handler to discard it cost
+    # more than the call it logged. The level is read per call, so a later reconfiguration counts.
+    # Cached loggers keep these processors: each configuration installs the same ones (the output
+    # format and stream live in the handler below).
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,

@@ -9,6 +9,7 @@ with `SELECT … FOR UPDATE SKIP LOCKED` (MariaDB ≥ 10.6, MySQL ≥ 8.0).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import weakref
@@ -28,6 +29,30 @@ from bot.settings import DatabaseSettings, redact_url
 
 MIN_MARIADB = (10, 6)
 MIN_MYSQL = (8, 0)
+
+
+class JSONText:
+    """A value already serialised to JSON, bound to JSON columns as that text.
+
+    Values the queue validates by serialising them (step results, checkpoints, job results) are
+    stored from that same text instead of being serialised a second time by the column type. Not a
+    `str`, so an engine built without `dump_json` fails loudly instead of storing a quoted string.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"JSONText({self.text[:60]!r})"
+
+
+def dump_json(value: Any) -> str:
+    """The JSON columns' serialiser: `json.dumps`, or the text of a `JSONText` as it is."""
+    if type(value) is JSONText:
+        return value.text
+    return json.dumps(value)
 
 
 def parse_url(url: str) -> URL:
@@ -64,7 +89,7 @@ def create_engine(url: str, *, settings: DatabaseSettings | None = None) -> Asyn
     """Build the async engine for `url` with the pragmas and pool options each backend needs."""
     options = settings or DatabaseSettings()
     parsed = parse_url(url)
-    kwargs: dict[str, Any] = {"echo": options.echo}
+    kwargs: dict[str, Any] = {"echo": options.echo, "json_serializer": dump_json}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:":
@@ -188,7 +213,8 @@ def _inline_engine(engine: AsyncEngine, database: str, *, busy_timeout_ms: int, 
         return connection
 
     return create_async_engine(
-        engine.url, async_creator=creator, pool_size=pool_size, max_overflow=pool_size, echo=engine.echo
+        engine.url, async_creator=creator, pool_size=pool_size, max_overflow=pool_size, echo=engine.echo,
+        json_serializer=dump_json,
     )
 
 

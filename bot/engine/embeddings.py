@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import operator
 import re
 import threading
 from collections import Counter
@@ -36,8 +37,11 @@ class Embedder(Protocol):
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     """Cosine similarity of two vectors (0 when either is all zeros)."""
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    if len(a) != len(b):
+        raise ValueError(f"cannot compare vectors of {len(a)} and {len(b)} dimensions")
+    # map(mul) adds the same products in the same order as a generator would, at C speed.
+    dot = sum(map(operator.mul, a, b))
+    norm = math.sqrt(sum(map(operator.mul, a, a))) * math.sqrt(sum(map(operator.mul, b, b)))
     return 0.0 if norm == 0 else dot / norm
 
 
@@ -47,21 +51,51 @@ class LexicalEmbedder:
     name = "lexical-hash-512"
     dimensions = 512
 
+    # Features whose slot is remembered; past this many the memo starts afresh, so a long-running
+    # daemon's memory stays bounded while the words and trigrams of its answers stay cached.
+    cache_size = 65536
+
+    def __init__(self) -> None:
+        self._slots: dict[str, int] = {}
+
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return [self._vector(text) for text in texts]
 
+    def _slot(self, feature: str) -> int:
+        """The feature's index: hashing every feature of every answer was most of an embedding."""
+        slot = self._slots.get(feature)
+        if slot is None:
+            digest = hashlib.blake2b(feature.encode(), digest_size=4).digest()
+            slot = int.from_bytes(digest, "little") % self.dimensions
+            if len(self._slots) >= self.cache_size:
+                self._slots.clear()
+            self._slots[feature] = slot
+        return slot
+
     def _vector(self, text: str) -> list[float]:
         words = [w.lower() for w in _WORD.findall(text)]
-        features: Counter[str] = Counter(f"w:{w}" for w in words)
         joined = " ".join(words)
-        features.update(f"c:{joined[i:i + 3]}" for i in range(max(0, len(joined) - 2)))
+        trigrams = [joined[i:i + 3] for i in range(max(0, len(joined) - 2))]
         vector = [0.0] * self.dimensions
-        for feature, count in features.items():
-            digest = hashlib.blake2b(feature.encode(), digest_size=4).digest()
-            index = int.from_bytes(digest, "little") % self.dimensions
-            vector[index] += 1.0 + math.log(count)
-        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-        return [v / norm for v in vector]
+        # Words first, then trigrams, each in first-seen order: colliding features add up in the
+        # same order as ever, so the vectors (and every score computed from them) stay identical.
+        slots = self._slots
+        seen: set[int] = set()
+        for prefix, features in (("w:", Counter(words)), ("c:", Counter(trigrams))):
+            for feature, count in features.items():
+                name = prefix + feature
+                index = slots.get(name)
+                if index is None:
+                    index = self._slot(name)
+                vector[index] += 1.0 + math.log(count) if count > 1 else 1.0
+                seen.add(index)
+        # Only touched slots are non-zero; summing them in index order equals summing all of them.
+        touched = sorted(seen)
+        norm = math.sqrt(sum([vector[i] * vector[i] for i in touched])) or 1.0
+        unit = [0.0] * self.dimensions
+        for i in touched:
+            unit[i] = vector[i] / norm
+        return unit
 
 
 class LocalEmbedder:

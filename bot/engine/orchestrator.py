@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.db.base import utcnow
-from bot.db.engine import Reads, lazy_reads
+from bot.db.engine import JSONText, Reads, lazy_reads
 from bot.db.models import (
     AiRole,
     ExecutionLog,
@@ -1182,7 +1182,8 @@ class Engine:
             "response": redact_text(response[:MAX_LOGGED_CHARS]) if response else None,
             "prompt_tokens": tokens.get("prompt_tokens"), "completion_tokens": tokens.get("completion_tokens"),
             "latency_ms": int(latency_ms) if latency_ms is not None else None,
-            "details": json.loads(json.dumps({"model": choice.candidate.key, **(details or {})}, default=str)),
+            # Serialised once, here (anything JSON cannot hold as its text); stored as this text.
+            "details": JSONText(json.dumps({"model": choice.candidate.key, **(details or {})}, default=str)),
             "created_at": utcnow(),
         }
         if defer_write(PendingWrite(_INSERT_LOG, row)):

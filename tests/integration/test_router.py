@@ -149,6 +149,40 @@ async def test_500_burst_puts_the_deployment_in_cooldown_until_it_expires(
     assert all("HTTP 500" in (r.error or "") for r in failed)
 
 
+async def test_failures_leave_the_health_window_as_they_age(
+    servers: tuple[FakeOpenAICompat, FakeOpenAICompat],
+) -> None:
+    fake, _ = servers
+    fake.script("m", answer="fine", fail_status=500, fail_times=2)
+    clock = ManualClock()
+    router = Router(
+        deployments=[Deployment(provider=provider("a", fake), model="m")],
+        config=RouterConfig(retries_per_group=2, backoff_base_s=0, allowed_fails=3, failure_ratio=0.5,
+                            failure_window_s=60, cooldown_s=30, max_wait_s=1),
+        clock=clock,
+    )
+    assert (await router.chat(request())).text == "fine"
+    (row,) = router.health()
+    assert (row.calls_in_window, row.failures_in_window, row.cooling_down_s) == (3, 2, 0)
+
+    clock.now += 61  # both failures age out of the window
+    (row,) = router.health()
+    assert (row.calls_in_window, row.failures_in_window) == (0, 0)
+
+    # Two new failures: counting the aged-out ones too would make 4 ≥ allowed_fails and cool it down.
+    fake.script("m", answer="again", fail_status=500, fail_times=2)
+    assert (await router.chat(request())).text == "again"
+    (row,) = router.health()
+    assert (row.calls_in_window, row.failures_in_window, row.cooling_down_s) == (3, 2, 0)
+
+    clock.now += 30  # half a window later the three calls still count: one more failure is 3 of 4
+    fake.script("m", answer="late", fail_status=500, fail_times=-1)
+    with pytest.raises(NoDeploymentAvailableError):
+        await router.chat(request())
+    (row,) = router.health()
+    assert (row.calls_in_window, row.failures_in_window, row.cooling_down_s) == (4, 3, 30)
+
+
 async def test_fallback_chain_moves_to_the_next_model(servers: tuple[FakeOpenAICompat, FakeOpenAICompat]) -> None:
     fake, _ = servers
     fake.script("big", answer="big", fail_status=503, fail_times=-1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bot.db.engine import check_version_supported, is_sqlite, parse_server_version, parse_url
@@ -65,3 +67,25 @@ def test_unsupported_backends_are_refused_without_echoing_the_password() -> None
     assert "hunter2" not in str(caught.value)
     with pytest.raises(UnsupportedDatabaseError, match="cannot parse"):
         parse_url("not a url at all")
+
+
+async def test_json_columns_store_pre_serialised_text_as_it_is(tmp_path: Path) -> None:
+    """A `JSONText` is stored as its text (not serialised again); any other value as `json.dumps` makes it."""
+    from sqlalchemy import JSON, Column, Integer, MetaData, Table, insert, select, text
+
+    from bot.db.engine import JSONText, create_engine
+
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("data", JSON))
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'j.db'}")
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(table.metadata.create_all)
+            await connection.execute(insert(table), [
+                {"id": 1, "data": JSONText('{"a": [1, 2.5, null]}')}, {"id": 2, "data": {"a": [1, 2.5, None]}},
+                {"id": 3, "data": JSONText("null")}, {"id": 4, "data": "plain"}])
+            stored = {int(i): str(d) for i, d in await connection.execute(text("SELECT id, data FROM t"))}
+            loaded = {int(i): d for i, d in await connection.execute(select(table.c.id, table.c.data))}
+    finally:
+        await engine.dispose()
+    assert stored == {1: '{"a": [1, 2.5, null]}', 2: '{"a": [1, 2.5, null]}', 3: "null", 4: '"plain"'}
+    assert loaded == {1: {"a": [1, 2.5, None]}, 2: {"a": [1, 2.5, None]}, 3: None, 4: "plain"}

@@ -100,3 +100,35 @@ async def test_empty_and_huge_answers_do_not_crash() -> None:
     assert 0 <= divergence.pct <= 100
     empty = await measure_divergence(answer="", reference="something", score=50, decision="revise")
     assert 0 <= empty.pct <= 100
+
+
+async def test_remembered_feature_slots_never_change_a_vector() -> None:
+    """The slot memo (and starting it afresh when full) gives the vectors hashing every feature gives."""
+    import hashlib
+    import math
+    import re
+    from collections import Counter
+
+    def hashed(text: str) -> list[float]:  # the definition: every feature hashed, in first-seen order
+        words = [w.lower() for w in re.findall(r"\w+", text)]
+        features: Counter[str] = Counter(f"w:{w}" for w in words)
+        joined = " ".join(words)
+        features.update(f"c:{joined[i:i + 3]}" for i in range(max(0, len(joined) - 2)))
+        vector = [0.0] * 512
+        for feature, count in features.items():
+            index = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=4).digest(), "little") % 512
+            vector[index] += 1.0 + math.log(count)
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        return [v / norm for v in vector]
+
+    texts = [pair[key] for pair in PAIRS for key in ("answer", "reference")]
+    texts += ["", "The capital of France is Paris. Paris, Paris!", "naïve café 東京 123"]
+    tiny = LexicalEmbedder()
+    tiny.cache_size = 5  # starts afresh many times per text
+    reused = LexicalEmbedder()
+    await reused.embed(texts)  # every slot already remembered
+    expected = [hashed(text) for text in texts]
+    assert await LexicalEmbedder().embed(texts) == expected
+    assert await tiny.embed(texts) == expected
+    assert await reused.embed(texts) == expected
+    assert len(tiny._slots) <= 5

@@ -153,6 +153,9 @@ class DeploymentHealth:
 class _State:
     in_flight: int = 0
     outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
+    # Failed entries of `outcomes`, kept in step with it: every model choice reads the health of
+    # every deployment, and counting the window there cost more than the rest of the choice.
+    failures: int = 0
     cooldown_until: float = 0.0
     last_picked: int = 0  # the router's pick counter when last chosen (0: never)
 
@@ -402,7 +405,7 @@ class Router:
                         group=group,
                         in_flight=state.in_flight,
                         calls_in_window=len(state.outcomes),
-                        failures_in_window=sum(1 for _, ok in state.outcomes if not ok),
+                        failures_in_window=state.failures,
                         cooling_down_s=max(0.0, state.cooldown_until - now),
                     )
                 )
@@ -625,13 +628,17 @@ class Router:
 
     def _trim(self, state: _State, now: float) -> None:
         horizon = now - self.config.failure_window_s
-        while state.outcomes and state.outcomes[0][0] < horizon:
-            state.outcomes.popleft()
+        outcomes = state.outcomes
+        while outcomes and outcomes[0][0] < horizon:
+            if not outcomes.popleft()[1]:
+                state.failures -= 1
 
     def _record(self, deployment: Deployment, *, ok: bool, err: ProviderError | None = None) -> None:
         now = self._clock()
         state = self._state(deployment)
         state.outcomes.append((now, ok))
+        if not ok:
+            state.failures += 1
         self._trim(state, now)
         if ok or err is None:
             return
@@ -645,7 +652,7 @@ class Router:
         elif classify(err) == "next":
             cooldown, reason = self.config.cooldown_s, "cannot serve"
         else:
-            failures = sum(1 for _, outcome in state.outcomes if not outcome)
+            failures = state.failures
             ratio = failures / len(state.outcomes)
             if failures >= self.config.allowed_fails and ratio > self.config.failure_ratio:
                 cooldown, reason = self.config.cooldown_s, f"{failures}/{len(state.outcomes)} failed"

@@ -12,6 +12,7 @@ A model without a price costs 0 (local servers are free to call); tokens are rec
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -38,6 +39,12 @@ LOOKUP_TTL_S = 30.0
 # (task id, subtask id) of the work a call is made for; the engine sets it around its calls so one
 # recorder shared by the whole router still attributes each call's cost to its task.
 _INSERT_USAGE = insert(cast(Table, CreditUsage.__table__))
+_PROVIDERS = cast(Table, AiProvider.__table__)
+_MODELS = cast(Table, AiModel.__table__)
+_PROVIDER_BY_NAME = select(_PROVIDERS.c.id, _PROVIDERS.c.settings).where(_PROVIDERS.c.name == bindparam("b_name"))
+_MODEL_ID = select(_MODELS.c.id).where(_MODELS.c.provider_id == bindparam("b_provider"),
+                                       _MODELS.c.model_key == bindparam("b_key"))
+_Lookup = tuple[int | None, int | None, Mapping[str, Any]]
 current_work: ContextVar[tuple[int | None, int | None]] = ContextVar("current_work", default=(None, None))
 
 
@@ -70,6 +77,9 @@ class CreditRecorder:
     _lookups: dict[tuple[str, str], tuple[float, int | None, int | None, Mapping[str, Any]]] = field(
         default_factory=dict
     )
+    # Lookups being read now: concurrent calls for the same model (every job of a burst, at start)
+    # share one read instead of each reading the same rows.
+    _reading: dict[tuple[str, str], asyncio.Task[_Lookup]] = field(default_factory=dict)
 
     async def __call__(self, record: CallRecord) -> None:
         """Record `record` if it consumed tokens (failed attempts without usage are skipped)."""
@@ -100,20 +110,30 @@ class CreditRecorder:
 
     async def _lookup(self, provider_name: str, model_key: str) -> tuple[int | None, int | None, Mapping[str, Any]]:
         """Provider id, model id and price settings, cached briefly: every call needs them."""
-        now = time.monotonic()
-        cached = self._lookups.get((provider_name, model_key))
-        if cached is not None and now - cached[0] < LOOKUP_TTL_S:
+        key = (provider_name, model_key)
+        cached = self._lookups.get(key)
+        if cached is not None and time.monotonic() - cached[0] < LOOKUP_TTL_S:
             return cached[1], cached[2], cached[3]
+        reading = self._reading.get(key)
+        if reading is None or reading.get_loop() is not asyncio.get_running_loop():  # (one left by a closed loop)
+            reading = asyncio.ensure_future(self._read(provider_name, model_key))
+            self._reading[key] = reading
+            reading.add_done_callback(
+                lambda done: self._reading.pop(key) if self._reading.get(key) is done else None)
+        # Shielded: one caller being cancelled must not fail the others waiting for the same read.
+        return await asyncio.shield(reading)
+
+    async def _read(self, provider_name: str, model_key: str) -> _Lookup:
+        now = time.monotonic()
+        model_id = None
+        provider_id = None
+        settings: Mapping[str, Any] = {}
         async with self.sessions() as session:
-            provider = await session.scalar(select(AiProvider).where(AiProvider.name == provider_name))
-            model_id = None
-            settings: Mapping[str, Any] = {}
+            provider = (await session.execute(_PROVIDER_BY_NAME, {"b_name": provider_name})).first()
             if provider is not None:
+                provider_id = int(provider.id)
                 settings = dict(provider.settings or {})
-                model_id = await session.scalar(
-                    select(AiModel.id).where(AiModel.provider_id == provider.id, AiModel.model_key == model_key)
-                )
-        provider_id = provider.id if provider is not None else None
+                model_id = await session.scalar(_MODEL_ID, {"b_provider": provider_id, "b_key": model_key})
         if model_id is not None:  # a model not yet synced is looked up again next time
             self._lookups[(provider_name, model_key)] = (now, provider_id, model_id, settings)
         return provider_id, model_id, settings

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql import Executable
 
 from bot.db.base import utcnow
-from bot.db.engine import is_sqlite, sqlite_writer
+from bot.db.engine import JSONText, is_sqlite, sqlite_writer
 from bot.db.models.queue import (
     CHECKPOINT_PARTIAL,
     CHECKPOINT_STEP,
@@ -214,14 +214,14 @@ def _validate_spec(spec: JobSpec) -> dict[str, Any]:
     if not -(2**31) < spec.priority < 2**31:
         raise JobPayloadError("priority must fit in a 32-bit integer")
     try:
-        json.dumps(spec.payload, allow_nan=False)
+        payload = JSONText(json.dumps(spec.payload, allow_nan=False))
     except (TypeError, ValueError) as err:
         raise JobPayloadError(f"job payload is not JSON: {err}") from err
     now = utcnow()
     return {
         "kind": spec.kind,
         "idempotency_key": spec.idempotency_key,
-        "payload": spec.payload,
+        "payload": payload,
         "priority": spec.priority,
         "provider": spec.provider,
         "task_id": spec.task_id,
@@ -331,6 +331,7 @@ class _StepRequest:
     lease: Lease
     key: str
     payload: Any
+    encoded: JSONText  # `payload` as stored (serialised once, when it was checked)
     deferred: Deferred
     outcome: asyncio.Future[Any]
     alone: bool = False
@@ -661,7 +662,7 @@ class JobQueue:
         once with the items of the recorded jobs, in job-id order.
         """
         checked = sorted(
-            ((lease, self._checked_json(result), tuple(hooks)) for lease, result, hooks in items),
+            ((lease, self._encoded_json(result), tuple(hooks)) for lease, result, hooks in items),
             key=lambda item: item[0].job_id,  # the same lock order as step groups and claims
         )
         done: set[int] = set()
@@ -717,7 +718,9 @@ class JobQueue:
         self._boundary("complete.after_commit", checked[0][0].job_id)
         return done
 
-    async def _complete_one(self, connection: AsyncConnection, lease: Lease, result: Any, now: datetime) -> bool:
+    async def _complete_one(
+        self, connection: AsyncConnection, lease: Lease, result: JSONText, now: datetime
+    ) -> bool:
         outcome = await connection.execute(
             _COMPLETE_MANY,
             {"b_id": lease.job_id, "b_owner": lease.worker_id, "b_fence": lease.fence, "b_result": result,
@@ -797,7 +800,7 @@ class JobQueue:
         `deferred` commits in the same transaction.
         """
         self._check_key(key)
-        payload = self._checked_json(data)
+        payload = self._encoded_json(data)
         now = utcnow()
         async with self._write() as connection:
             await self._touch_lease(connection, lease, now)
@@ -834,8 +837,8 @@ class JobQueue:
         Raises LeaseLostError when this attempt no longer holds the job.
         """
         self._check_key(key)
-        payload = self._checked_json(data)
-        request = _StepRequest(lease, key, payload, deferred, asyncio.get_running_loop().create_future())
+        encoded = self._encoded_json(data)
+        request = _StepRequest(lease, key, data, encoded, deferred, asyncio.get_running_loop().create_future())
         self._step_requests.append(request)
         if self._step_writer is None or self._step_writer.done():
             self._step_writer = asyncio.create_task(self._write_step_groups(), name="queue-step-commits")
@@ -860,8 +863,8 @@ class JobQueue:
                     group[0].settle(error=err)
                     continue
                 # Some lease in the group is gone: write them one by one so only that one fails.
-                self._step_requests[:0] = [_StepRequest(r.lease, r.key, r.payload, r.deferred, r.outcome,
-                                                        alone=True) for r in group]
+                self._step_requests[:0] = [_StepRequest(r.lease, r.key, r.payload, r.encoded, r.deferred,
+                                                        r.outcome, alone=True) for r in group]
                 continue
             except Exception as err:  # handed to each waiting job runner, which records its failure
                 for request in group:
@@ -904,7 +907,7 @@ class JobQueue:
                     )
                 raise LeaseLostError("a lease in the step group is gone")
             inserted = await connection.execute(
-                self._insert_step, [self._step_row(r.lease, r.key, r.payload, now) for r in group]
+                self._insert_step, [self._step_row(r.lease, r.key, r.encoded, now) for r in group]
             )
             await self._apply_deferred(connection, [(r.lease, r.deferred) for r in group], now)
             for request in group:
@@ -926,7 +929,7 @@ class JobQueue:
         return stored
 
     @staticmethod
-    def _step_row(lease: Lease, key: str, payload: Any, now: datetime) -> dict[str, Any]:
+    def _step_row(lease: Lease, key: str, payload: JSONText, now: datetime) -> dict[str, Any]:
         return {
             "job_id": lease.job_id,
             "key": key,
@@ -943,7 +946,8 @@ class JobQueue:
     ) -> None:
         """Write lazy steps and pending rows of jobs whose fenced write matched, batched per statement."""
         step_rows = [
-            self._step_row(lease, key, self._checked_json(value), now)
+            # Serialised here, not when the step ran: the stored text is the value as of this write.
+            self._step_row(lease, key, self._encoded_json(value), now)
             for lease, deferred in items
             for key, value in deferred.steps.items()
         ]
@@ -998,11 +1002,20 @@ class JobQueue:
 
     @staticmethod
     def _checked_json(value: Any) -> Any:
+        JobQueue._encoded_json(value)
+        return value
+
+    @staticmethod
+    def _encoded_json(value: Any) -> JSONText:
+        """`value` as the JSON text its column stores; JobPayloadError when it has none.
+
+        Checking a value is serialising it, so that text is what gets stored (the column type
+        does not serialise it again).
+        """
         try:
-            json.dumps(value, allow_nan=False)
+            return JSONText(json.dumps(value, allow_nan=False))
         except (TypeError, ValueError) as err:
             raise JobPayloadError(f"value is not JSON-serialisable: {err}") from err
-        return value
 
     # -- recovery and control ----------------------------------------------------------------
 
