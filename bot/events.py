@@ -21,23 +21,31 @@ DEFAULT_QUEUE_SIZE = 256
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One thing that happened: `topic` groups streams ("task", "monitor"), `kind` says what."""
+    """One thing that happened: `topic` groups streams ("task", "monitor"), `kind` says what.
+
+    `origin` is None for events of this process, and names the daemon for events relayed from
+    another one sharing the database (bot/engine/relay.py).
+    """
 
     topic: str
     kind: str
     payload: Mapping[str, Any] = field(default_factory=dict)
     task_id: int | None = None
     at: datetime = field(default_factory=utcnow)
+    origin: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The event as JSON-ready data (what WebSocket clients receive)."""
-        return {
+        data = {
             "topic": self.topic,
             "kind": self.kind,
             "task_id": self.task_id,
             "at": self.at.isoformat(),
             "payload": dict(self.payload),
         }
+        if self.origin is not None:
+            data["origin"] = self.origin
+        return data
 
 
 EventFilter = Callable[[Event], bool]
@@ -72,6 +80,13 @@ class Subscription:
     def pending(self) -> int:
         """How many events wait in this subscription's queue."""
         return self._queue.qsize()
+
+    def drain(self) -> list[Event]:
+        """Every event waiting now, without waiting for more."""
+        events = []
+        while not self._queue.empty():
+            events.append(self._queue.get_nowait())
+        return events
 
     def close(self) -> None:
         """Stop receiving events and leave the bus."""

@@ -144,6 +144,10 @@ class EngineSettings(_Section):
     max_attempts: int = Field(default=3, ge=1, le=20)
     execute_max_tokens: int | None = Field(default=None, ge=16)
     checkpoint_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # Relay task events through the database to other daemons sharing it (bot/engine/relay.py):
+    # "auto" relays on MariaDB/MySQL, where several daemons are how the product scales, and not on
+    # the single-daemon SQLite default.
+    relay_events: Literal["auto", "on", "off"] = "auto"
 
     def threshold_for(self, category: str | None) -> float:
         """The divergence above which a tie-breaker is called for this category."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.commands.errors import CommandError, NotFoundError
 from bot.commands.registry import CommandContext, CommandRegistry, Param, Reply
 from bot.db.models import AiModel, Subtask, Task, UserRole
+from bot.db.models.enums import TaskStatus
 from bot.engine.orchestrator import Engine
 from bot.events import Event, EventBus
 from bot.logs import get_logger
@@ -33,6 +35,11 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 MAX_REQUEST_CHARS = 8000
 FOLLOW_LIMIT_S = 6 * 3600.0
+# After this long without an event, a follower reads the task's row: a task run by a daemon whose
+# events never came (relay off, or that daemon killed before it relayed them) still ends here.
+FOLLOW_CHECK_S = 5.0
+_ENDINGS = {TaskStatus.COMPLETED: "task.done", TaskStatus.FAILED: "task.failed",
+            TaskStatus.CANCELLED: "task.cancelled"}
 
 
 def register_engine_commands(registry: CommandRegistry, engine: Engine | None, bus: EventBus | None,
@@ -148,7 +155,8 @@ async def open_task_thread(ctx: CommandContext, *, threads: Any, subscription: A
 
 
 async def follow_task(*, conversation: Conversation, subscription: Any, engine: Engine, task_id: int,
-                      language: str, show_plan: bool = True, show_final: bool = True) -> Event | None:
+                      language: str, show_plan: bool = True, show_final: bool = True,
+                      check_every_s: float = FOLLOW_CHECK_S) -> Event | None:
     """Render one task's events into a conversation until the task ends (closing the subscription).
 
     Returns the event that ended it (task.done / task.failed / task.cancelled), None if it outlived
@@ -156,9 +164,11 @@ async def follow_task(*, conversation: Conversation, subscription: Any, engine: 
     """
     renderers: dict[int, StreamRenderer] = {}
     sessions = engine.sessions
+    streamed = False
     try:
         async with asyncio.timeout(FOLLOW_LIMIT_S):
-            async for event in subscription:
+            while True:
+                event = await _next_event(subscription, sessions, task_id, every_s=check_every_s)
                 if event.task_id != task_id:
                     continue
                 payload = event.payload
@@ -177,6 +187,7 @@ async def follow_task(*, conversation: Conversation, subscription: Any, engine: 
                                                            filename=f"task-{task_id}-{subtask_id}.md")
                 elif event.kind == "subtask.token" and subtask_id in renderers:
                     renderers[subtask_id].feed(str(payload.get("text", "")))
+                    streamed = True
                 elif event.kind == "subtask.verdict":
                     await _finish(renderers, subtask_id)
                     issues = "".join(f"\n • {issue}" for issue in payload.get("issues", [])[:8])
@@ -210,8 +221,10 @@ async def follow_task(*, conversation: Conversation, subscription: Any, engine: 
                 elif event.kind in ("task.done", "task.failed", "task.cancelled"):
                     for open_id in list(renderers):
                         await _finish(renderers, open_id)
+                    # An ending read from the row after the stream never came: the answer was
+                    # not shown, so it is shown now even where the stream usually shows it.
                     await render_ending(conversation, task_id=task_id, kind=event.kind, payload=payload,
-                                        language=language, show_final=show_final)
+                                        language=language, show_final=show_final or not streamed)
                     ended: Event = event
                     return ended
     except TimeoutError:
@@ -224,7 +237,30 @@ async def follow_task(*, conversation: Conversation, subscription: Any, engine: 
     return None
 
 
-async def render_ending(conversation: Conversation, *, task_id: int, kind: str, payload: dict[str, Any],
+def ending_of(task: Task | None) -> Event | None:
+    """The ending event a finished task's row stands for; None while it is not finished."""
+    if task is None or task.status not in _ENDINGS:
+        return None
+    kind = _ENDINGS[task.status]
+    payload = {"result": task.result or ""} if kind == "task.done" else {"error": task.error}
+    return Event(topic="task", kind=kind, task_id=task.id, payload=payload)
+
+
+async def _next_event(subscription: Any, sessions: Any, task_id: int, *, every_s: float = FOLLOW_CHECK_S) -> Event:
+    """The subscription's next event; after `every_s` of silence, the task's ending if its row has one."""
+    while True:
+        try:
+            async with asyncio.timeout(every_s):
+                event: Event = await subscription.get()
+                return event
+        except TimeoutError:
+            async with sessions() as session:
+                ended = ending_of(await session.get(Task, task_id, populate_existing=True))
+            if ended is not None:
+                return ended
+
+
+async def render_ending(conversation: Conversation, *, task_id: int, kind: str, payload: Mapping[str, Any],
                         language: str, show_final: bool) -> None:
     """The final answer (streamed in as many messages as it needs), or why the task ended."""
     if kind == "task.done":

@@ -203,18 +203,16 @@ class TaskThreads:
 
     async def _deliver_if_ended(self, task_id: int, conversation: Conversation, language: str) -> bool:
         """A task that ended while nobody followed it: post its ending now (once)."""
-        async with self._sessions() as session:
-            task = await session.get(Task, task_id)
-        if task is None or task.status not in TERMINAL:
-            return False
-        from bot.commands.engine_commands import render_ending
+        from bot.commands.engine_commands import ending_of, render_ending
 
-        kind = {TaskStatus.COMPLETED: "task.done", TaskStatus.FAILED: "task.failed"}.get(task.status,
-                                                                                      "task.cancelled")
-        payload = {"result": task.result or ""} if kind == "task.done" else {"error": task.error}
-        await render_ending(conversation, task_id=task_id, kind=kind, payload=payload, language=language,
+        async with self._sessions() as session:
+            ending = ending_of(await session.get(Task, task_id))
+        if ending is None:
+            return False
+        payload = dict(ending.payload)
+        await render_ending(conversation, task_id=task_id, kind=ending.kind, payload=payload, language=language,
                             show_final=True)
-        await self._record_ending(task_id, kind, payload)
+        await self._record_ending(task_id, ending.kind, payload)
         return True
 
     async def _record_ending(self, task_id: int, kind: str, payload: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.db.engine import is_sqlite
 from bot.db.models import AiModel, AiProvider, ProviderKind
 from bot.engine.embeddings import Embedder
 from bot.engine.orchestrator import Engine
@@ -24,7 +25,8 @@ from bot.engine.providers.port import LLMProvider
 from bot.engine.providers.registry import ModelRegistry
 from bot.engine.providers.router import Deployment, Router, RouterConfig
 from bot.engine.providers.usage import CreditRecorder
-from bot.engine.queue import JobQueue, Worker
+from bot.engine.queue import JobQueue, Worker, default_worker_id
+from bot.engine.relay import EventRelay
 from bot.events import EventBus
 from bot.logs import get_logger
 from bot.settings import RouterSettings, Settings
@@ -64,6 +66,7 @@ class EngineRuntime:
     engine: Engine | None = None
     worker: Worker | None = None
     _worker_task: asyncio.Task[None] | None = None
+    relay: EventRelay | None = None
     notices: list[str] = field(default_factory=list)
 
     async def start(self, *, run_worker: bool = True) -> None:
@@ -85,6 +88,15 @@ class EngineRuntime:
                                  concurrency=self.settings.engine.max_concurrency, provider_limits=limits,
                                  on_event=self.engine.on_queue_event, admission=self.admission)
             self._worker_task = asyncio.create_task(self.worker.run(), name="engine-worker")
+        if self.bus is not None and self.relays_events():
+            self.relay = EventRelay(bus=self.bus, db_engine=self.db_engine, queue=self.queue,
+                                    origin=self.worker.worker_id if self.worker else default_worker_id())
+            await self.relay.start()
+
+    def relays_events(self) -> bool:
+        """Whether task events go through the database to other daemons (`engine.relay_events`)."""
+        setting = self.settings.engine.relay_events
+        return setting == "on" or (setting == "auto" and not is_sqlite(self.db_engine))
 
     async def _connect_providers(self) -> None:
         async with self.sessions() as session:
@@ -152,5 +164,7 @@ class EngineRuntime:
         if self._worker_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker_task
+        if self.relay is not None:  # after the worker, so its last events still reach the others
+            await self.relay.stop()
         for provider in self.providers.values():
             await provider.aclose()

@@ -37,7 +37,7 @@ from bot.db.models.providers import AiModel, AiProvider, CreditUsage, ModelDisco
 from bot.db.models.quality import AiQualityMetric, ModelRating
 from bot.db.models.queue import Job, JobCheckpoint, QueueWorker
 from bot.db.models.storage import StoredObject
-from bot.db.models.tasks import ExecutionLog, Subtask, Task, TaskMonitoring
+from bot.db.models.tasks import ExecutionLog, Subtask, Task, TaskEvent, TaskMonitoring
 from bot.db.models.templates import AiTemplate, AiWorkflow, Instruction
 from bot.db.models.training import Dataset, ModelVersion, TrainingJob
 from bot.db.models.users import ApiToken, User, UserIdentity
@@ -92,6 +92,7 @@ __all__ = [
     "SubtaskStatus",
     "SyncStatus",
     "Task",
+    "TaskEvent",
     "TaskMonitoring",
     "TaskStatus",
     "TrainingJob",

@@ -13,7 +13,7 @@ from sqlalchemy import Float, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot.db.base import Base, TimestampMixin, utcnow
-from bot.db.models._columns import Key, LongText, ShortKey, enum_column, foreign_key, primary_key
+from bot.db.models._columns import BigIntFK, Key, LongText, ShortKey, enum_column, foreign_key, primary_key
 from bot.db.models.enums import LogLevel, SubtaskStatus, TaskStatus
 
 if TYPE_CHECKING:
@@ -154,4 +154,23 @@ class ExecutionLog(Base):
     completion_tokens: Mapped[int | None]
     latency_ms: Mapped[int | None]
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TaskEvent(Base):
+    """A task event on its way to the other daemons sharing this database (bot/engine/relay.py).
+
+    Kept for minutes, not forever: followers read it within a second or two, and a task's durable
+    record is its own rows. No foreign key, so writing one never waits on the task's row lock and
+    a deleted task's events simply expire.
+    """
+
+    __tablename__ = "task_events"
+    __table_args__ = (Index(None, "created_at"),)
+
+    id: Mapped[int] = primary_key()
+    origin: Mapped[str] = mapped_column(String(128))
+    task_id: Mapped[int | None] = mapped_column(BigIntFK, nullable=True)
+    kind: Mapped[str] = mapped_column(ShortKey)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
