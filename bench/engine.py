@@ -11,10 +11,12 @@ disagree, so a third model breaks the tie twice.
 The peer runs in its own process by default, as a real LM Studio does: on one event loop with the
 engine it cost the engine about a tenth of its loop (`--peer inline` measures that way).
 "overhead_ms_per_subtask" is the wall time per subtask at concurrency 1 minus the time spent
-inside the model calls (from execution_logs); "cpu_ms_per_subtask" is this process's CPU time per
-subtask at each concurrency (the engine's own work: with the peer in its own process nothing else
-runs here). Runs on SQLite (WAL, synchronous=NORMAL: every committed step survives SIGKILL, see
-docs/queue.md) and, when one answers on 127.0.0.1:3306, MariaDB. The last line is JSON.
+inside the model calls (from execution_logs); "cpu_ms_per_subtask" is the engine processes' CPU
+time per subtask at each concurrency (the engine's own work: with the peer in its own process
+nothing else runs there). `--processes N` runs N-1 `orchestrator worker` processes beside this one,
+as `[engine] worker_processes` does, the concurrency split between them (not at concurrency 1).
+Runs on SQLite (WAL, synchronous=NORMAL: every committed step survives SIGKILL, see docs/queue.md)
+and, when one answers on 127.0.0.1:3306, MariaDB. The last line is JSON.
 `BENCH_LOG=WARNING` shows the engine's warnings (retried claims, failed jobs) on stderr.
 """
 
@@ -106,12 +108,36 @@ async def _peer(mode: str) -> AsyncIterator[str]:
             await process.wait()
 
 
-async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer: str = "process") -> dict[str, float]:
+async def _worker_processes(count: int, *, url: str, workdir: Path, peer_url: str,
+                            concurrency: int) -> list[asyncio.subprocess.Process]:
+    """`count` `orchestrator worker` processes on the bench's database, as `[engine] worker_processes` starts them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_DATA_DIR=str(workdir / "data"), ORCH_DATABASE_URL=url, ORCH_LMSTUDIO__BASE_URL=peer_url,
+               ORCH_ENGINE__MAX_CONCURRENCY=str(concurrency), ORCH_ENGINE__DIVERGENCE_EMBEDDER="lexical",
+               ORCH_LOG__LEVEL=os.environ.get("BENCH_LOG", "ERROR"), ORCH_LOG__FORMAT="json",
+               ORCH_MONITOR__ENABLED="false")
+    return [await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "worker", cwd=_REPO, env=env,
+                                                 stdin=asyncio.subprocess.DEVNULL)
+            for _ in range(count)]
+
+
+def _cpu_s(processes: list[asyncio.subprocess.Process]) -> float:
+    import psutil
+
+    total = 0.0
+    for process in processes:
+        times = psutil.Process(process.pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer: str = "process",
+               processes: int = 1) -> dict[str, float]:
     from sqlalchemy import func, select, update
 
     from bot.db.engine import create_engine, session_factory
     from bot.db.migrate import upgrade_to_head
-    from bot.db.models import AiProvider, ExecutionLog, Task
+    from bot.db.models import AiProvider, ExecutionLog, QueueWorker, Task
     from bot.engine.embeddings import LexicalEmbedder
     from bot.engine.runtime import EngineRuntime
     from bot.logs import configure_logging
@@ -120,18 +146,31 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
     configure_logging(level=os.environ.get("BENCH_LOG", "ERROR"), fmt="json")
     async with _peer(peer) as peer_url:
         await upgrade_to_head(url, backup_dir=None)
+        # The concurrency is split between the processes: 64 over two processes is 32 each.
+        share = max(1, concurrency // processes)
         settings = load_settings(environ={"ORCH_DATA_DIR": str(workdir / "data"), "ORCH_DATABASE_URL": url,
                                           "ORCH_LMSTUDIO__BASE_URL": peer_url},
-                                 engine={"max_concurrency": concurrency})
+                                 engine={"max_concurrency": share, "worker_processes": processes - 1})
         db = create_engine(url, settings=settings.database)
         sessions = session_factory(db)
         async with sessions() as session, session.begin():
             await session.execute(update(AiProvider).values(base_url=peer_url))
+        workers = await _worker_processes(processes - 1, url=url, workdir=workdir, peer_url=peer_url,
+                                          concurrency=share)
         runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, embedder=LexicalEmbedder(),
                                 worker_id=f"bench-{uuid.uuid4().hex[:6]}")
         await runtime.start()
         try:
             assert runtime.engine is not None and runtime.worker is not None
+            while workers:  # every worker process has registered: it is claiming
+                async with sessions() as session:
+                    registered = await session.scalar(select(func.count()).select_from(QueueWorker))
+                if (registered or 0) >= processes:
+                    break
+                if any(w.returncode is not None for w in workers):
+                    raise RuntimeError("a worker process exited before it started claiming")
+                await asyncio.sleep(0.1)
+            workers_cpu = _cpu_s(workers)
             started, cpu_started = time.perf_counter(), time.process_time()
             for index in range(subtasks):
                 await runtime.engine.submit(title=f"What is the capital of France? #{index}", single_step=True)
@@ -144,17 +183,22 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
                     break
                 await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu_started
+            cpu = time.process_time() - cpu_started + _cpu_s(workers) - workers_cpu
             async with sessions() as session:
                 model_ms = await session.scalar(select(func.sum(ExecutionLog.latency_ms)))
         finally:
+            for worker in workers:
+                if worker.returncode is None:
+                    worker.terminate()
+            for worker in workers:
+                await worker.wait()
             await runtime.stop()
             await db.dispose()
     return {"subtasks_per_s": subtasks / elapsed, "wall_ms_per_subtask": elapsed * 1000 / subtasks,
             "model_ms_per_subtask": float(model_ms or 0) / subtasks, "cpu_ms_per_subtask": cpu * 1000 / subtasks}
 
 
-async def _backend(name: str, *, subtasks: int, peer: str) -> dict[str, Any]:
+async def _backend(name: str, *, subtasks: int, peer: str, processes: int = 1) -> dict[str, Any]:
     import pymysql
 
     rates: dict[str, float] = {}
@@ -175,7 +219,8 @@ async def _backend(name: str, *, subtasks: int, peer: str) -> dict[str, Any]:
                 url = f"mysql+aiomysql://root@127.0.0.1:3306/{database}"
             try:
                 count = subtasks if concurrency > 1 else max(20, subtasks // 10)
-                result = await _run(url, workdir, subtasks=count, concurrency=concurrency, peer=peer)
+                result = await _run(url, workdir, subtasks=count, concurrency=concurrency, peer=peer,
+                                    processes=processes if concurrency >= processes else 1)
             finally:
                 if database is not None:
                     admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
@@ -188,7 +233,7 @@ async def _backend(name: str, *, subtasks: int, peer: str) -> dict[str, Any]:
             overhead = result["wall_ms_per_subtask"] - result["model_ms_per_subtask"]
         print(f"{name} concurrency {concurrency}: {result['subtasks_per_s']:.1f} subtasks/s", file=sys.stderr)
     return {"subtasks_per_s": rates, "overhead_ms_per_subtask": round(overhead, 2), "cpu_ms_per_subtask": cpu,
-            "peer": peer}
+            "peer": peer, "processes": processes}
 
 
 def main() -> None:
@@ -198,14 +243,20 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="Print only the JSON line on stdout.")
     parser.add_argument("--peer", choices=("process", "inline"), default="process",
                         help="Serve the fake LM Studio from its own process (default) or from the engine's loop.")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="Engine processes sharing the concurrency: this one plus `orchestrator worker`s.")
     parser.add_argument("--serve-peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_peer:
         asyncio.run(_serve_peer())
         return
-    report: dict[str, Any] = {"sqlite": asyncio.run(_backend("sqlite", subtasks=args.subtasks, peer=args.peer))}
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    report: dict[str, Any] = {"sqlite": asyncio.run(_backend("sqlite", subtasks=args.subtasks, peer=args.peer,
+                                                             processes=args.processes))}
     if _mariadb_up():
-        report["mariadb"] = asyncio.run(_backend("mariadb", subtasks=args.subtasks, peer=args.peer))
+        report["mariadb"] = asyncio.run(_backend("mariadb", subtasks=args.subtasks, peer=args.peer,
+                                                 processes=args.processes))
     print(json.dumps(report))
 
 

@@ -128,9 +128,10 @@ class EngineComponent:
 
     name = "engine"
 
-    def __init__(self, runtime: Runtime, *, sync_interval_s: float = 300.0) -> None:
+    def __init__(self, runtime: Runtime, *, sync_interval_s: float = 300.0, worker_only: bool = False) -> None:
         self._runtime = runtime
         self._sync_interval_s = sync_interval_s
+        self._worker_only = worker_only
         self._scheduler: Any = None
 
     async def start(self) -> None:
@@ -142,7 +143,7 @@ class EngineComponent:
         engine_runtime = EngineRuntime(settings=self._runtime.settings, db_engine=self._runtime.engine,
                                        sessions=self._runtime.session_factory, bus=self._runtime.bus,
                                        admission=state.admit if state is not None else None,
-                                       monitor_state=state)
+                                       monitor_state=state, worker_only=self._worker_only)
         self._runtime.engine_runtime = engine_runtime
         await engine_runtime.start()  # logs which providers answer, or that the embedded models are used
         self._scheduler = AsyncIOScheduler()
@@ -304,14 +305,84 @@ class AdminApiComponent:
             await self._runtime.admin_api.stop()
 
 
+class WorkerProcessesComponent:
+    """`[engine] worker_processes` engine-only processes beside the daemon, restarted when they die.
+
+    Each child is `orchestrator worker` with this process's environment and working directory, so
+    it reads the same settings. A child that exits is started again after a back-off (1 s,
+    doubling to 60 s while it keeps dying within a minute): its leased jobs are reclaimed when the
+    leases expire, like any dead daemon's. On shutdown every child gets SIGTERM (it drains its
+    running subtasks) and, past the shutdown budget, SIGKILL.
+    """
+
+    name = "workers"
+
+    def __init__(self, runtime: Runtime, count: int) -> None:
+        self._runtime = runtime
+        self.count = count
+        self.children: dict[int, asyncio.subprocess.Process] = {}
+        self.restarts = 0
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for slot in range(self.count):
+            self._tasks.append(asyncio.create_task(self._keep(slot), name=f"worker-process-{slot}"))
+
+    async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
+        import sys
+
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "worker")
+        self.children[slot] = process
+        log.info("worker process started", slot=slot, pid=process.pid)
+        return process
+
+    async def _keep(self, slot: int) -> None:
+        delay = 1.0
+        while not self._stopping:
+            started = time.monotonic()
+            process = await self._spawn(slot)
+            code = await process.wait()
+            if self._stopping:
+                return
+            if time.monotonic() - started >= 60:  # it had been running fine: not a crash loop
+                delay = 1.0
+            self.restarts += 1
+            log.error("worker process exited; starting it again", slot=slot, pid=process.pid, exit_code=code,
+                      after_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(60.0, delay * 2)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        running = [p for p in self.children.values() if p.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+        budget = max(1.0, self._runtime.settings.shutdown_timeout_s - 1.0)
+        for process in running:
+            try:
+                await asyncio.wait_for(process.wait(), timeout=budget)
+            except TimeoutError:
+                log.error("worker process did not stop in time; killing it", pid=process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 class Daemon:
     """Runs the components until a signal arrives, then drains them in reverse order."""
 
-    def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
+    def __init__(self, settings: Settings, *, migrate: bool = True, worker_only: bool = False) -> None:
         self.runtime = Runtime(settings=settings)
         self._stop_event = asyncio.Event()
         self.components: list[Component] = build_components(self.runtime, migrate=migrate,
-                                                            request_stop=self.request_stop)
+                                                            request_stop=self.request_stop, worker_only=worker_only)
         self._started: list[Component] = []
 
     def request_stop(self, reason: str) -> None:
@@ -390,9 +461,15 @@ class Daemon:
 
 
 def build_components(
-    runtime: Runtime, *, migrate: bool, request_stop: Callable[[str], None] | None = None
+    runtime: Runtime, *, migrate: bool, request_stop: Callable[[str], None] | None = None,
+    worker_only: bool = False,
 ) -> list[Component]:
-    """The daemon's components, in start order, for what the settings enable."""
+    """The daemon's components, in start order, for what the settings enable.
+
+    `worker_only` is `orchestrator worker`: the database (never migrated: the daemon does that)
+    and the engine, and nothing that talks to people or duplicates the daemon's duties (chat,
+    admin API, monitor actions, knowledge syncs, creating a keyring).
+    """
     settings = runtime.settings
     for secret in (settings.slack.bot_token, settings.slack.app_token, settings.slack.signing_secret,
                    settings.discord.bot_token, settings.lmstudio.api_token, settings.vault.keys):
@@ -401,11 +478,15 @@ def build_components(
     from bot.events import EventBus
 
     runtime.bus = EventBus()
+    if worker_only:  # the engine opens the vault itself, read-only, for providers' stored tokens
+        return [DatabaseComponent(runtime, migrate=False), EngineComponent(runtime, worker_only=True)]
     components: list[Component] = [
         DatabaseComponent(runtime, migrate=migrate),
         VaultComponent(runtime),
         EngineComponent(runtime),
     ]
+    if settings.engine.worker_processes:
+        components.append(WorkerProcessesComponent(runtime, settings.engine.worker_processes))
     if settings.monitor.enabled:
         from bot.monitor.state import MonitorState
 
@@ -420,6 +501,6 @@ def build_components(
     return components
 
 
-async def run_daemon(settings: Settings, *, migrate: bool = True) -> None:
-    """Run the daemon until SIGTERM/SIGINT."""
-    await Daemon(settings, migrate=migrate).run()
+async def run_daemon(settings: Settings, *, migrate: bool = True, worker_only: bool = False) -> None:
+    """Run the daemon (or, with `worker_only`, an engine-only worker) until SIGTERM/SIGINT."""
+    await Daemon(settings, migrate=migrate, worker_only=worker_only).run()

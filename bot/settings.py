@@ -148,6 +148,13 @@ class EngineSettings(_Section):
     # "auto" relays on MariaDB/MySQL, where several daemons are how the product scales, and not on
     # the single-daemon SQLite default.
     relay_events: Literal["auto", "on", "off"] = "auto"
+    # Extra engine-only processes (`orchestrator worker`) the daemon starts and restarts beside
+    # itself: the engine's own work is Python, so one process uses one core. Each takes
+    # `max_concurrency` subtasks of its own; "auto" relay turns on when there are any.
+    worker_processes: int = Field(default=0, ge=0, le=64)
+    # What divergence compares answers with: "auto" is MiniLM when installed (the ml extra), else
+    # the lexical embedder; "lexical" always uses the lexical one (no model, a fraction of the CPU).
+    divergence_embedder: Literal["auto", "lexical"] = "auto"
 
     def threshold_for(self, category: str | None) -> float:
         """The divergence above which a tie-breaker is called for this category."""

@@ -18,6 +18,7 @@ from bot.errors import OrchestratorError
 # name -> (module:attribute, one-line help shown in `orchestrator --help`)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bot.cli.run_cmd:run", "Run the daemon in the foreground."),
+    "worker": ("bot.cli.run_cmd:worker", "Run an engine-only worker beside a daemon (same database)."),
     "migrate": ("bot.cli.db_cmd:migrate", "Upgrade the database to the newest schema (backs up first)."),
     "db": ("bot.cli.db_cmd:db", "Inspect or downgrade the database schema."),
     "config": ("bot.cli.config_cmd:config", "Show the effective configuration."),

@@ -31,3 +31,23 @@ def run(no_migrate: bool) -> None:
         click.echo("orchestrator: starting (console mode; /help lists commands, Ctrl-D stops the daemon)", err=True)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     asyncio.run(run_daemon(settings, migrate=not no_migrate))
+
+
+@click.command()
+@click.option("--concurrency", type=click.IntRange(1, 256), default=None,
+              help="Subtasks this worker runs at once (default: [engine] max_concurrency).")
+def worker(concurrency: int | None) -> None:
+    """Run an engine-only worker until SIGTERM or Ctrl-C.
+
+    It claims and runs tasks from the shared database and relays their events to the daemon that
+    follows them; it never migrates the schema, and talks to no chat platform. Start several on one
+    host (`[engine] worker_processes` does it for the daemon) or on other hosts sharing MariaDB.
+    """
+    from bot.app import run_daemon
+
+    settings = load_settings()
+    if concurrency is not None:
+        settings = settings.model_copy(update={"engine": settings.engine.model_copy(
+            update={"max_concurrency": concurrency})})
+    configure_logging(level=settings.log.level, fmt=settings.log.format)
+    asyncio.run(run_daemon(settings, migrate=False, worker_only=True))

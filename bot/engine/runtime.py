@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.db.engine import is_sqlite
 from bot.db.models import AiModel, AiProvider, ProviderKind
-from bot.engine.embeddings import Embedder
+from bot.engine.embeddings import Embedder, LexicalEmbedder
 from bot.engine.orchestrator import Engine
 from bot.engine.providers.configured import load_providers
 from bot.engine.providers.port import LLMProvider
@@ -67,6 +67,9 @@ class EngineRuntime:
     worker: Worker | None = None
     _worker_task: asyncio.Task[None] | None = None
     relay: EventRelay | None = None
+    # An `orchestrator worker` process: nobody follows tasks here, so its events only matter to
+    # the daemons that do, and "auto" relays them whatever the database.
+    worker_only: bool = False
     notices: list[str] = field(default_factory=list)
 
     async def start(self, *, run_worker: bool = True) -> None:
@@ -79,6 +82,8 @@ class EngineRuntime:
         await self.refresh_router()
         self.queue = JobQueue(self.db_engine)
         assert self.router is not None
+        if self.embedder is None and self.settings.engine.divergence_embedder == "lexical":
+            self.embedder = LexicalEmbedder()
         self.engine = Engine(session_factory=self.sessions, router=self.router, queue=self.queue,
                              settings=self.settings.engine, bus=self.bus, embedder=self.embedder,
                              monitor_state=self.monitor_state)
@@ -96,7 +101,9 @@ class EngineRuntime:
     def relays_events(self) -> bool:
         """Whether task events go through the database to other daemons (`engine.relay_events`)."""
         setting = self.settings.engine.relay_events
-        return setting == "on" or (setting == "auto" and not is_sqlite(self.db_engine))
+        if setting != "auto":
+            return setting == "on"
+        return self.worker_only or self.settings.engine.worker_processes > 0 or not is_sqlite(self.db_engine)
 
     async def _connect_providers(self) -> None:
         async with self.sessions() as session:
