@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, func, insert, select, text, update
 
 from bot.db.base import utcnow
 from bot.db.engine import create_engine, session_factory
@@ -179,6 +179,30 @@ async def test_an_id_that_commits_late_is_still_delivered_once(relay_parts: tupl
         await _insert(db, id=base + 4, payload={"n": 4}, origin="here")  # our own row: not published here
         await relay.poll()
         assert seen.drain() == []
+    finally:
+        await relay.stop()
+        seen.close()
+
+
+async def test_a_row_that_is_not_json_is_skipped_and_the_next_delivered(relay_parts: tuple[Any, JobQueue]) -> None:
+    db, queue = relay_parts
+    bus = EventBus()
+    seen = bus.subscribe(topics={"task"})
+    relay = EventRelay(bus=bus, db_engine=db, queue=queue, origin="here")
+    await relay.start()
+    try:
+        base = relay._last_id
+        # MariaDB's JSON check refuses text that is not JSON; SQLite stores anything.
+        broken = "{not json" if db.dialect.name == "sqlite" else '"a string"'
+        async with db.begin() as connection:  # bypasses the JSON type, as a hand-written row would
+            for row_id, payload in ((base + 1, broken), (base + 2, "[1, 2]"), (base + 3, '{"n": 3}')):
+                await connection.execute(
+                    text("INSERT INTO task_events (id, origin, task_id, kind, payload, created_at) "
+                         "VALUES (:id, 'elsewhere', 1, 'subtask.done', :payload, :at)"),
+                    {"id": row_id, "payload": payload, "at": utcnow().replace(tzinfo=None)})
+        await relay.poll()
+        assert [e.payload for e in seen.drain()] == [{"n": 3}]
+        assert relay._last_id == base + 3 and relay._gaps == {}
     finally:
         await relay.stop()
         seen.close()
