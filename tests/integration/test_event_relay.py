@@ -274,3 +274,24 @@ def test_unwritable_and_relayed_events_are_left_out() -> None:
     rows = event_rows(events, origin="o")
     assert [r["kind"] for r in rows] == ["task.done"]
     assert json.loads(rows[0]["payload"].text)["result"] == "ok"  # a datetime is written as text
+
+
+@pytest.mark.parametrize(("url", "setting", "worker_processes", "worker_only", "expected"), [
+    ("sqlite+aiosqlite:///x.db", "auto", 0, False, False),  # one daemon: nobody to relay to
+    ("sqlite+aiosqlite:///x.db", "auto", 2, False, True),  # its worker processes run the tasks
+    ("sqlite+aiosqlite:///x.db", "auto", 0, True, True),  # a worker: its events matter elsewhere
+    ("mysql+aiomysql://root@127.0.0.1/test", "auto", 0, False, True),
+    ("mysql+aiomysql://root@127.0.0.1/test", "off", 2, True, False),
+    ("sqlite+aiosqlite:///x.db", "on", 0, False, True),
+])
+async def test_when_events_are_relayed(tmp_path: Path, url: str, setting: str, worker_processes: int,
+                                       worker_only: bool, expected: bool) -> None:
+    settings = load_settings(environ={"ORCH_DATA_DIR": str(tmp_path)},
+                             engine={"relay_events": setting, "worker_processes": worker_processes})
+    db = create_engine(url.replace("///x.db", f"///{tmp_path / 'x.db'}"))
+    try:
+        runtime = EngineRuntime(settings=settings, db_engine=db, sessions=session_factory(db), bus=EventBus(),
+                                worker_only=worker_only)
+        assert runtime.relays_events() is expected
+    finally:
+        await db.dispose()
