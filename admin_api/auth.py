@@ -106,6 +106,10 @@ class TokenAuthenticator:
 
     `cache_seconds` bounds how long a token revoked by another process (the CLI) keeps working;
     revocations through this API evict the cache at once.
+
+    The cache is keyed by the token's hash, as the table is: the process never keeps a token it
+    was shown. Entries past their lifetime are swept (at most once per `cache_seconds`) when the
+    database is consulted.
     """
 
     def __init__(
@@ -115,18 +119,35 @@ class TokenAuthenticator:
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Principal, datetime | None]] = {}
         self._touched: dict[int, float] = {}
+        self._swept = time.monotonic()
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal for `token` if a lookup younger than `cache_seconds` found it valid and
+        it has not expired since; None means "ask `authenticate`", not "refused".
+
+        Synchronous, so a cache hit costs the caller no coroutine.
+        """
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        return self._cached(hash_token(token))
+
+    def _cached(self, digest: str) -> Principal | None:
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            expires_at = cached[2]
+            if expires_at is None or expires_at > utcnow():
+                return cached[1]
+        return None
 
     async def authenticate(self, token: str) -> Principal | None:
         """The principal for `token`, or None when it is unknown, expired or revoked."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
         digest = hash_token(token)
+        principal = self._cached(digest)
+        if principal is not None:
+            return principal
         now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            expires_at = cached[2]
-            if expires_at is None or expires_at > utcnow():
-                return cached[1]
         async with self._session_factory() as session:
             row = (
                 await session.execute(select(ApiToken).where(ApiToken.token_hash == digest))
@@ -148,11 +169,15 @@ class TokenAuthenticator:
                 await session.commit()
         if len(self._cache) > 10_000:
             self._cache.clear()
+        elif now - self._swept > self._cache_seconds:
+            self._swept = now
+            for stale in [key for key, (until, _, _) in self._cache.items() if until <= now]:
+                del self._cache[stale]
         self._cache[digest] = (now + self._cache_seconds, principal, row.expires_at)
         return principal
 
     def forget(self, token_id: int) -> None:
         """Drop cached entries of a token (after revocation)."""
-        for digest, (_, principal, _) in list(self._cache.items()):
+        for key, (_, principal, _) in list(self._cache.items()):
             if principal.token_id == token_id:
-                del self._cache[digest]
+                del self._cache[key]

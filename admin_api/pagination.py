@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from functools import lru_cache
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_
@@ -28,6 +29,7 @@ MAX_LIMIT = 200
 # json.dumps with `separators` builds a new encoder per call; one encoder with the same settings
 # writes the same text.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def _plain(value: Any) -> Any:
@@ -41,9 +43,24 @@ def _plain(value: Any) -> Any:
 
 
 def encode_cursor(*, sort: str, value: Any, row_id: int) -> str:
-    """An opaque cursor pointing just after the row with this sort value and id."""
-    raw = _COMPACT.encode([sort, _plain(value), row_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    """An opaque cursor pointing just after the row with this sort value and id.
+
+    Every page with a next page issues one, so the usual shapes (an integer, string or missing
+    sort value) are written directly, as the same compact JSON the encoder writes for them
+    (`encode_basestring_ascii` is what it escapes strings with); anything else goes through it.
+    """
+    kind = type(value)
+    if kind is not int and kind is not str and value is not None:
+        value = _plain(value)
+        kind = type(value)
+    if type(sort) is str and type(row_id) is int and (kind is int or kind is str or value is None):
+        # Exact ints (not bools, not subclasses) format as repr() does, which is what JSON writes.
+        scalar = "null" if value is None else encode_basestring_ascii(value) if kind is str else value
+        text = f"[{encode_basestring_ascii(sort)},{scalar},{row_id}]"
+    else:
+        text = _COMPACT.encode([sort, value, row_id])
+    # base64.urlsafe_b64encode, without its two layers of Python calls.
+    return binascii.b2a_base64(text.encode(), newline=False).translate(_URLSAFE).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str, *, sort: str, python_type: type) -> tuple[Any, int]:

@@ -37,6 +37,7 @@ class Reader:
         self._raw: PoolProxiedConnection | None = None
         self._compiled: dict[Hashable, tuple[str, tuple[tuple[str, Any, Any], ...]]] = {}
         self._connection: Any = None  # the sqlite3 connection behind _raw
+        self._cursor: Any = None  # the one cursor run_cached executes on
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             # One connection used only from the event loop's thread; autocommit so no snapshot is
             # held between requests and nothing needs rolling back when it is returned.
@@ -83,15 +84,16 @@ class Reader:
                           for name, process in zip(names, processors, strict=True))
             entry = self._compiled[key] = (str(compiled), slots)
         sql, slots = entry
-        positional = []
-        for name, default, process in slots:
-            value = values.get(name, default)
-            positional.append(value if process is None else process(value))
-        connection = self._connection
-        if connection is None:
+        positional = [values.get(name, default) if process is None else process(values.get(name, default))
+                      for name, default, process in slots]
+        cursor = self._cursor
+        if cursor is None:
             self._raw = self._sync.raw_connection()
-            connection = self._connection = self._raw.driver_connection
-        found: list[Any] = connection.execute(sql, positional).fetchall()
+            self._connection = self._raw.driver_connection
+            # One cursor for every read: each call fetches all its rows before the next one runs
+            # (same thread, no await in between), and this spares a cursor object per request.
+            cursor = self._cursor = self._connection.cursor()
+        found: list[Any] = cursor.execute(sql, positional).fetchall()
         return found
 
     async def rows(self, *statements: Executable) -> list[list[Any]]:
@@ -124,6 +126,9 @@ class Reader:
 
     def dispose(self) -> None:
         """Close the inline connection."""
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
         if self._raw is not None:
             self._raw.close()
             self._raw = None

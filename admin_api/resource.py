@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from functools import cached_property
+from operator import itemgetter
 from typing import Any, Literal
 
 from aiohttp import web
@@ -127,19 +128,21 @@ class Resource:
             return None
         return sqlite_json_projection(self.read, self.model, self.columns)
 
-    @property
+    @cached_property
     def table(self) -> str:
         """The table behind the resource (the key of its cached totals)."""
         return str(self.model.__tablename__)
 
-    async def fetch_one_json(self, ctx: Ctx, row_id: int) -> bytes | None:
-        """One row rendered as JSON by SQLite (404 if absent), or None where that path does not apply."""
+    def fetch_one_json(self, ctx: Ctx, row_id: int) -> bytes | None:
+        """One row rendered as JSON by SQLite (404 if absent), or None where that path does not apply.
+
+        Synchronous: the inline SQLite read never waits, so the GET hot path needs no coroutine here.
+        """
         reader = ctx.request.app[READER]
         if not reader.inline_sqlite or self.json_row is None:
             return None
         try:
-            rows = reader.run_cached(("get", self.name), lambda: select(self.json_row).where(  # type: ignore[arg-type]
-                self.pk == bindparam("row_id", type_=self.pk.type)), {"row_id": row_id})
+            rows = reader.run_cached(self._get_key, self._get_statement, {"row_id": row_id})
         except sqlite3.OperationalError as err:
             if not _unrenderable_json(err):
                 raise
@@ -147,6 +150,21 @@ class Resource:
         if not rows:
             raise NotFound(f"no {self.label} with id {row_id}")
         return str(rows[0][0]).encode()
+
+    @cached_property
+    def _get_key(self) -> tuple[str, str]:
+        """The GET statement's key in Reader.run_cached (built once, not per request)."""
+        return ("get", self.name)
+
+    def _get_statement(self) -> Any:
+        """The GET statement with the id as a bind parameter (compiled once by Reader.run_cached)."""
+        return select(self.json_row).where(  # type: ignore[arg-type]
+            self.pk == bindparam("row_id", type_=self.pk.type))
+
+    @cached_property
+    def sort_columns(self) -> dict[str, InstrumentedAttribute[Any]]:
+        """The column behind each accepted `sort` value."""
+        return {f"{prefix}{name}": self.attr(name) for name in self.sort_fields for prefix in ("", "-")}
 
     @cached_property
     def sort_types(self) -> dict[str, type]:
@@ -255,6 +273,10 @@ def _bound_filters(resource: Resource, names: Sequence[str]) -> list[ColumnEleme
     return clauses
 
 
+_PAGING_FIELDS = frozenset({"limit", "cursor", "sort"})
+_first = itemgetter(0)
+
+
 def _json_page(resource: Resource, query: Any, reader: Any) -> tuple[list[Any], int]:
     """A page of (json, sort value, id) rows — (json, id) when sorted by id — and the total, on
     SQLite's raw connection.
@@ -264,9 +286,12 @@ def _json_page(resource: Resource, query: Any, reader: Any) -> tuple[list[Any], 
     """
     sort: str = query.sort
     descending = sort.startswith("-")
-    column = resource.attr(sort.lstrip("-"))
+    column = resource.sort_columns[sort]
     pk = resource.pk
-    names = tuple(name for name in resource.filters if getattr(query, name) is not None)
+    if type(query) is resource.list_query and not query.model_fields_set - _PAGING_FIELDS:
+        names: tuple[str, ...] = ()  # every filter holds its default, None: none given
+    else:
+        names = tuple(name for name in resource.filters if getattr(query, name) is not None)
     values: dict[str, Any] = {f"f_{name}": _filter_value(resource.filters[name], getattr(query, name))
                               for name in names}
     has_cursor = query.cursor is not None
@@ -290,7 +315,7 @@ def _json_page(resource: Resource, query: Any, reader: Any) -> tuple[list[Any], 
 
     rows = reader.run_cached(("list", resource.name, sort, names, has_cursor), build,
                              {**values, "page_limit": query.limit + 1})
-    key = tuple((name, str(getattr(query, name))) for name in names)
+    key = tuple((name, str(getattr(query, name))) for name in names) if names else ()
     total = reader.cached_total(resource.table, key)
     if total is None:
         (counted,) = reader.run_cached(
@@ -406,7 +431,7 @@ def _page_response(ctx: Ctx, query: Any, rows: list[Any], total: int, sort_type:
         value = last[1] if len(last) == 2 else _cursor_value(last[1], sort_type)
         next_cursor = encode_cursor(sort=query.sort, value=value, row_id=last[-1])
     cursor_json = "null" if next_cursor is None else f'"{next_cursor}"'
-    body = f'{{"items":[{",".join([row[0] for row in rows])}],"total":{total},"limit":{query.limit},' \
+    body = f'{{"items":[{",".join(map(_first, rows))}],"total":{total},"limit":{query.limit},' \
            f'"next_cursor":{cursor_json}}}'
     return web.Response(
         body=body.encode(), content_type="application/json",
@@ -501,7 +526,7 @@ def crud_routes(resource: Resource, routes: web.RouteTableDef | None = None) -> 
     @endpoint(routes, "GET", base + "/{id}", summary=f"Get one {label}", tag=resource.tag,
               scope=resource.read_scope, response=resource.read, problems=(NotFound,))
     async def get_handler(ctx: Ctx) -> BaseModel | web.Response:
-        rendered = await resource.fetch_one_json(ctx, ctx.path_int())
+        rendered = resource.fetch_one_json(ctx, ctx.path_int())
         if rendered is not None:
             return web.Response(body=rendered, content_type="application/json")
         return resource.serialise(await resource.fetch_one(ctx, ctx.path_int()))
