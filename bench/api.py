@@ -23,43 +23,98 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 GOAL_RPS = 2000
 GOAL_P99_MS = 25.0
 
 
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of the load generator: send, read one whole response, repeat.
+
+    A protocol instead of an HTTP client library because the generator shares this 2-core machine
+    with the API: aiohttp's client spent about as much CPU per request as the server, and a busy
+    generator's own event-loop lag was counted in every latency. This reads the status line and
+    `Content-Length` (the admin API sends both on every response) and nothing else.
+    """
+
+    def __init__(self, request: bytes, on_response: Any) -> None:
+        self._request = request
+        self._on_response = on_response
+        self._buffer = bytearray()
+        self._needed: int | None = None
+        self.transport: asyncio.Transport | None = None
+        self.sent = 0.0
+        self.status = 0
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send(self) -> None:
+        assert self.transport is not None
+        self._buffer.clear()
+        self._needed = None
+        self.sent = time.perf_counter()
+        self.transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._needed is None:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self._buffer[:end]).lower()
+            self.status = int(head[9:12])
+            start = head.find(b"\r\ncontent-length:")
+            if start < 0:
+                raise RuntimeError("the API answered without Content-Length")
+            stop = head.find(b"\r\n", start + 2)
+            self._needed = end + 4 + int(head[start + 17:stop if stop > 0 else None])
+        if len(self._buffer) >= self._needed:
+            self._on_response(self)
+
+
 async def _generate(base_url: str, token: str, path: str, *, connections: int, duration_s: float,
                     warmup_s: float) -> dict[str, Any]:
     """Keep `connections` requests in flight for `duration_s`; latencies after the warm-up count."""
-    import aiohttp
-
+    target = urlsplit(base_url)
+    request = (f"GET {path} HTTP/1.1\r\nHost: {target.netloc}\r\nAuthorization: Bearer {token}\r\n"
+               "Accept: application/json\r\n\r\n").encode()
+    loop = asyncio.get_running_loop()
     latencies: list[float] = []
     errors = 0
-    headers = {"Authorization": f"Bearer {token}"}
-    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
     started = time.perf_counter()
     measure_from = started + warmup_s
     stop_at = measure_from + duration_s
 
-    async with aiohttp.ClientSession(base_url, connector=connector, headers=headers) as session:
+    def on_response(connection: _Connection) -> None:
+        nonlocal errors
+        done = time.perf_counter()
+        if connection.sent >= measure_from:
+            if connection.status == 200:
+                latencies.append(done - connection.sent)
+            else:
+                errors += 1
+        if done >= stop_at:
+            assert connection.transport is not None
+            connection.transport.close()
+        else:
+            connection.send()
 
-        async def worker() -> None:
-            nonlocal errors
-            while True:
-                sent = time.perf_counter()
-                if sent >= stop_at:
-                    return
-                async with session.get(path) as response:
-                    await response.read()
-                    ok = response.status == 200
-                done = time.perf_counter()
-                if sent >= measure_from:
-                    if ok:
-                        latencies.append(done - sent)
-                    else:
-                        errors += 1
-
-        await asyncio.gather(*(worker() for _ in range(connections)))
+    opened: list[_Connection] = []
+    for _ in range(connections):
+        _, connection = await loop.create_connection(lambda: _Connection(request, on_response),
+                                                     target.hostname, target.port)
+        opened.append(connection)
+    for connection in opened:
+        connection.send()
+    await asyncio.gather(*(connection.closed for connection in opened))
     latencies.sort()
     count = len(latencies)
     return {
@@ -68,6 +123,7 @@ async def _generate(base_url: str, token: str, path: str, *, connections: int, d
         "rps": round(count / duration_s, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 2) if count else None,
         "p99_ms": round(latencies[min(count - 1, int(count * 0.99))] * 1000, 2) if count else None,
+        "generator_cpu_us": round(time.process_time() * 1e6 / max(1, count + errors)),
     }
 
 
@@ -144,6 +200,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 measured = json.loads(output.decode().strip().splitlines()[-1])
                 results.update({f"{name}_rps": measured["rps"], f"{name}_p50_ms": measured["p50_ms"],
                                 f"{name}_p99_ms": measured["p99_ms"], f"{name}_errors": measured["errors"],
+                                f"{name}_generator_cpu_us": measured["generator_cpu_us"],
                                 # CPU the API process spent per request (warm-up included): unlike req/s,
                                 # this barely moves when other processes compete for the cores.
                                 f"{name}_server_cpu_us": round(cpu_used / served * 1e6) if served else None})
