@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bot import __version__
+from bot.aio import cancel_and_wait
 from bot.errors import OrchestratorError
 from bot.logs import get_logger, register_secret
 from bot.settings import Settings, redact_url
@@ -368,11 +369,7 @@ class WorkerProcessesComponent:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
 
 
 class Daemon:

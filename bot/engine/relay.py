@@ -36,6 +36,7 @@ from sqlalchemy import Table, Text, bindparam, delete, func, insert, select, typ
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.aio import cancel_and_wait
 from bot.db.base import utcnow
 from bot.db.engine import JSONText
 from bot.db.models import TaskEvent
@@ -135,11 +136,7 @@ class EventRelay:
 
     async def stop(self) -> None:
         """Stop both directions, then write what is still buffered (the engine has stopped by now)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self._writing is not None:  # a batch being written when the loop stopped: let it land
             with contextlib.suppress(DBAPIError, OSError):

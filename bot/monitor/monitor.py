@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.aio import cancel_and_wait
 from bot.engine.providers.port import LLMProvider
 from bot.engine.queue import JobQueue
 from bot.events import Event, EventBus
@@ -213,11 +214,7 @@ class Monitor:
         await self.sampler.stop()
         if self._remove_listener is not None:
             self._remove_listener()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         rows = self.downsampler.flush()
         if rows and self.store is not None:
