@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -25,7 +26,7 @@ from bot.engine.embeddings import LexicalEmbedder
 from bot.engine.queue import JobQueue
 from bot.engine.relay import MAX_PAYLOAD_CHARS, EventRelay, event_rows
 from bot.engine.runtime import EngineRuntime
-from bot.events import Event, EventBus
+from bot.events import Event, EventBus, Subscription
 from bot.settings import load_settings
 from tests.fakes import FakeLMStudio
 from tests.integration.test_chat_engine import wait_for_text
@@ -156,6 +157,20 @@ async def relay_parts(migrated_db: str) -> AsyncIterator[tuple[Any, JobQueue]]:
         await db.dispose()
 
 
+@asynccontextmanager
+async def running_relay(db: Any, queue: JobQueue, **options: Any) -> AsyncIterator[tuple[EventRelay, Subscription]]:
+    """A started relay named "here" and a subscription to what it publishes."""
+    bus = EventBus()
+    seen = bus.subscribe(topics={"task"})
+    relay = EventRelay(bus=bus, db_engine=db, queue=queue, origin="here", **options)
+    await relay.start()
+    try:
+        yield relay, seen
+    finally:
+        await relay.stop()
+        seen.close()
+
+
 async def _insert(db: Any, **row: Any) -> None:
     async with db.begin() as connection:
         await connection.execute(insert(EVENTS), {"origin": "elsewhere", "task_id": 1, "kind": "subtask.done",
@@ -164,11 +179,7 @@ async def _insert(db: Any, **row: Any) -> None:
 
 async def test_an_id_that_commits_late_is_still_delivered_once(relay_parts: tuple[Any, JobQueue]) -> None:
     db, queue = relay_parts
-    bus = EventBus()
-    relay = EventRelay(bus=bus, db_engine=db, queue=queue, origin="here", gap_wait_s=30)
-    seen = bus.subscribe(topics={"task"})
-    await relay.start()
-    try:
+    async with running_relay(db, queue, gap_wait_s=30) as (relay, seen):
         base = relay._last_id
         await _insert(db, id=base + 3, payload={"n": 3})  # ids base+1, base+2 are still "in flight"
         await relay.poll()
@@ -179,18 +190,11 @@ async def test_an_id_that_commits_late_is_still_delivered_once(relay_parts: tupl
         await _insert(db, id=base + 4, payload={"n": 4}, origin="here")  # our own row: not published here
         await relay.poll()
         assert seen.drain() == []
-    finally:
-        await relay.stop()
-        seen.close()
 
 
 async def test_a_row_that_is_not_json_is_skipped_and_the_next_delivered(relay_parts: tuple[Any, JobQueue]) -> None:
     db, queue = relay_parts
-    bus = EventBus()
-    seen = bus.subscribe(topics={"task"})
-    relay = EventRelay(bus=bus, db_engine=db, queue=queue, origin="here")
-    await relay.start()
-    try:
+    async with running_relay(db, queue) as (relay, seen):
         base = relay._last_id
         # MariaDB's JSON check refuses text that is not JSON; SQLite stores anything.
         broken = "{not json" if db.dialect.name == "sqlite" else '"a string"'
@@ -203,25 +207,17 @@ async def test_a_row_that_is_not_json_is_skipped_and_the_next_delivered(relay_pa
         await relay.poll()
         assert [e.payload for e in seen.drain()] == [{"n": 3}]
         assert relay._last_id == base + 3 and relay._gaps == {}
-    finally:
-        await relay.stop()
-        seen.close()
 
 
 async def test_gaps_are_forgotten_after_their_wait(relay_parts: tuple[Any, JobQueue]) -> None:
     db, queue = relay_parts
-    bus = EventBus()
-    relay = EventRelay(bus=bus, db_engine=db, queue=queue, origin="here", gap_wait_s=0.05)
-    await relay.start()
-    try:
+    async with running_relay(db, queue, gap_wait_s=0.05) as (relay, _seen):
         await _insert(db, id=relay._last_id + 5)
         await relay.poll()
         assert len(relay._gaps) == 4
         await asyncio.sleep(0.1)
         await relay.poll()
         assert relay._gaps == {}
-    finally:
-        await relay.stop()
 
 
 async def test_old_rows_are_pruned_and_recent_ones_kept(relay_parts: tuple[Any, JobQueue]) -> None:
