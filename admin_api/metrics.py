@@ -54,6 +54,10 @@ class ApiMetrics:
             "orchestrator_events_dropped", "Events dropped because a subscriber lagged",
             registry=self.registry,
         )
+        self.events_relayed = Gauge(
+            "orchestrator_events_relayed", "Task events received from other daemons through the database",
+            registry=self.registry,
+        )
         self.subscribers = Gauge(
             "orchestrator_event_subscribers", "Open event-bus subscriptions (WebSocket clients…)",
             registry=self.registry,

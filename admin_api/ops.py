@@ -95,6 +95,7 @@ async def metrics(ctx: Ctx) -> web.Response:
     bus = app[BUS]
     api_metrics.events_published.set(bus.published_total)
     api_metrics.events_dropped.set(bus.dropped_total)
+    api_metrics.events_relayed.set(bus.relayed_total)
     api_metrics.subscribers.set(bus.subscriber_count)
     body = generate_latest(api_metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -119,10 +119,13 @@ class EventBus:
         self._subscriptions: set[Subscription] = set()
         self.published_total = 0
         self.dropped_total = 0
+        self.relayed_total = 0  # of those published, events relayed from another daemon
 
     def publish(self, event: Event) -> None:
         """Deliver `event` to every interested subscriber without waiting for any of them."""
         self.published_total += 1
+        if event.origin is not None:
+            self.relayed_total += 1
         for subscription in tuple(self._subscriptions):
             subscription._offer(event)
 

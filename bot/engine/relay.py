@@ -76,10 +76,12 @@ def event_rows(events: Sequence[Event], *, origin: str) -> list[dict[str, Any]]:
         if event.kind == TEXT_KIND:
             key = (event.task_id, payload.get("subtask_id"))
             merged = open_text.get(key)
-            if merged is not None and len(merged["text"]) < MAX_PAYLOAD_CHARS:
-                merged["text"] += str(payload.get("text", ""))
+            text = str(payload.get("text", ""))
+            # Merged only while the row stays well under the payload cap; past it a new row starts.
+            if merged is not None and len(merged["text"]) + len(text) <= MAX_PAYLOAD_CHARS // 2:
+                merged["text"] += text
                 continue
-            payload["text"] = str(payload.get("text", ""))
+            payload["text"] = text
             open_text[key] = payload
         else:
             for key in [key for key in open_text if key[0] == event.task_id]:
@@ -114,8 +116,6 @@ class EventRelay:
         self.retention_s = retention_s
         self.gap_wait_s = gap_wait_s
         self.batch = batch
-        self.written_total = 0
-        self.received_total = 0
         self._engine = db_engine
         self._queue = queue
         self._last_id = 0
@@ -164,6 +164,8 @@ class EventRelay:
                 await asyncio.shield(self._writing)
             except (DBAPIError, OSError) as err:  # the database is away: live events are lost, tasks are not
                 log.warning("could not relay task events", events=len(events), error=str(err)[:200])
+            except Exception:  # the loop's boundary: a bug here must not end relaying for the daemon's life
+                log.exception("relaying task events failed", events=len(events))
             self._writing = None
 
     async def _write(self, events: Sequence[Event]) -> None:
@@ -172,7 +174,6 @@ class EventRelay:
             return
         async with self._queue.session() as session:
             await session.execute(_INSERT, rows)
-        self.written_total += len(rows)
 
     # -- inbound ------------------------------------------------------------------------------
     async def _inbound(self) -> None:
@@ -225,7 +226,6 @@ class EventRelay:
         if not isinstance(payload, dict):
             log.warning("relayed task event skipped: its payload is not a JSON object", id=row.id, kind=row.kind)
             return
-        self.received_total += 1
         self.bus.publish(Event(topic="task", kind=str(row.kind), payload=payload,
                                task_id=None if row.task_id is None else int(row.task_id), at=row.created_at,
                                origin=str(row.origin)))

@@ -97,6 +97,7 @@ async def test_a_task_run_by_another_daemon_streams_to_the_one_that_follows_it(
         # Nobody hears their own events twice: the front's task.created is not echoed back to it,
         # and the runner's bus holds only its own events (no origin), each once.
         assert [e.kind for e in events].count("task.created") == 1
+        assert front.bus.relayed_total == len(ran_there)  # what /metrics reports as relayed
         assert next(e for e in events if e.kind == "task.created").origin is None
         await asyncio.sleep(3 * runner.relay.poll_interval_s + runner.relay.flush_interval_s)
         heard = own.drain()
@@ -258,6 +259,15 @@ def test_streamed_text_is_merged_per_subtask_without_reordering_a_task() -> None
     shown = [(r["task_id"], r["kind"], json.loads(r["payload"].text).get("text")) for r in rows]
     assert shown == [(1, "subtask.token", "Paris"), (2, "subtask.token", "Lyon"), (1, "subtask.verdict", None),
                      (1, "subtask.token", "!")]
+
+
+def test_a_long_stream_is_split_into_rows_under_the_cap() -> None:
+    chunk = "x" * 1000
+    events = [_token(1, 10, chunk) for _ in range(400)]
+    rows = event_rows(events, origin="o")
+    texts = [json.loads(r["payload"].text)["text"] for r in rows]
+    assert "".join(texts) == chunk * 400  # nothing lost
+    assert len(rows) > 1 and all(len(t) <= MAX_PAYLOAD_CHARS // 2 for t in texts)
 
 
 def test_unwritable_and_relayed_events_are_left_out() -> None:
