@@ -310,10 +310,13 @@ class WorkerProcessesComponent:
     """`[engine] worker_processes` engine-only processes beside the daemon, restarted when they die.
 
     Each child is `orchestrator worker` with this process's environment and working directory, so
-    it reads the same settings. A child that exits is started again after a back-off (1 s,
-    doubling to 60 s while it keeps dying within a minute): its leased jobs are reclaimed when the
-    leases expire, like any dead daemon's. On shutdown every child gets SIGTERM (it drains its
-    running subtasks) and, past the shutdown budget, SIGKILL.
+    it reads the same settings, in a session of its own (Ctrl-C on the daemon's terminal reaches
+    the daemon, which stops the children). A child that dies (a signal, an error) is started again
+    after a back-off (1 s, doubling to 60 s while it keeps dying within a minute); its leased jobs
+    are reclaimed when the leases expire, like any dead daemon's. A child that exits cleanly was
+    told to stop (systemd's stop sends SIGTERM to every process of the unit) and is not restarted.
+    On shutdown every child gets SIGTERM (it drains its running subtasks) and, past the shutdown
+    budget, SIGKILL.
     """
 
     name = "workers"
@@ -333,7 +336,8 @@ class WorkerProcessesComponent:
     async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
         import sys
 
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "worker")
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "worker",
+                                                       stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         self.children[slot] = process
         log.info("worker process started", slot=slot, pid=process.pid)
         return process
@@ -345,6 +349,9 @@ class WorkerProcessesComponent:
             process = await self._spawn(slot)
             code = await process.wait()
             if self._stopping:
+                return
+            if code == 0:
+                log.warning("worker process stopped; not restarting it", slot=slot, pid=process.pid)
                 return
             if time.monotonic() - started >= 60:  # it had been running fine: not a crash loop
                 delay = 1.0

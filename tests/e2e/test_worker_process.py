@@ -1,7 +1,8 @@
 """`orchestrator worker` and `[engine] worker_processes` as real processes.
 
 A worker process claims a task another process submitted and its events reach the process that
-follows the task; SIGTERM drains it; a daemon restarts a worker process that was SIGKILLed.
+follows the task; SIGTERM drains it; a daemon restarts a worker process that was SIGKILLed, not
+one that was stopped.
 """
 
 from __future__ import annotations
@@ -98,7 +99,14 @@ async def test_the_daemon_restarts_a_killed_worker_process_and_stops_them_all(tm
             victim.kill()
             await _wait_for(lambda: len(_children(process.pid)) == 2
                             and victim.pid not in [c.pid for c in _children(process.pid)], 60)
+            # A clean exit is a stop someone asked for (systemd stops every process of the unit):
+            # not restarted.
+            stopped = _children(process.pid)[0]
+            stopped.terminate()
+            await asyncio.to_thread(stopped.wait, 30)  # not our child: psutil cannot read its exit code
+            await asyncio.sleep(3)
             children = _children(process.pid)
+            assert len(children) == 1
             process.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(process.wait, 60) == 0
             _gone, alive = psutil.wait_procs(children, timeout=10)
@@ -107,6 +115,7 @@ async def test_the_daemon_restarts_a_killed_worker_process_and_stops_them_all(tm
             restarted = [json.loads(line) for line in rest.splitlines()
                          if line.startswith("{") and "worker process exited" in line]
             assert restarted and restarted[0]["exit_code"] == -signal.SIGKILL
+            assert "worker process stopped; not restarting it" in rest
         finally:
             if process.poll() is None:
                 process.kill()
