@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -337,6 +338,7 @@ class WorkerProcessesComponent:
         import sys
 
         process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "worker",
+                                                       "--parent", str(os.getpid()),
                                                        stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         self.children[slot] = process
         log.info("worker process started", slot=slot, pid=process.pid)
@@ -379,14 +381,48 @@ class WorkerProcessesComponent:
         await cancel_and_wait(self._tasks)
 
 
+class ParentWatchComponent:
+    """Stops a worker process whose daemon is gone (killed outright, it could not stop its children).
+
+    Without it, a daemon killed with SIGKILL outside systemd would leave its workers running, and
+    its restart would start as many again.
+    """
+
+    name = "parent-watch"
+
+    def __init__(self, parent_pid: int, request_stop: Callable[[str], None], *, every_s: float = 1.0) -> None:
+        self._parent_pid = parent_pid
+        self._request_stop = request_stop
+        self._every_s = every_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="parent-watch")
+
+    async def _watch(self) -> None:
+        # Polled: a parent's death sends no signal here unless asked for with prctl (Linux only).
+        while True:
+            if os.getppid() != self._parent_pid:
+                self._request_stop(f"the daemon (pid {self._parent_pid}) is gone")
+                return
+            await asyncio.sleep(self._every_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task])
+
+
 class Daemon:
     """Runs the components until a signal arrives, then drains them in reverse order."""
 
-    def __init__(self, settings: Settings, *, migrate: bool = True, worker_only: bool = False) -> None:
+    def __init__(self, settings: Settings, *, migrate: bool = True, worker_only: bool = False,
+                 parent_pid: int | None = None) -> None:
         self.runtime = Runtime(settings=settings)
         self._stop_event = asyncio.Event()
         self.components: list[Component] = build_components(self.runtime, migrate=migrate,
                                                             request_stop=self.request_stop, worker_only=worker_only)
+        if parent_pid is not None:
+            self.components.insert(0, ParentWatchComponent(parent_pid, self.request_stop))
         self._started: list[Component] = []
 
     def request_stop(self, reason: str) -> None:
@@ -505,6 +541,10 @@ def build_components(
     return components
 
 
-async def run_daemon(settings: Settings, *, migrate: bool = True, worker_only: bool = False) -> None:
-    """Run the daemon (or, with `worker_only`, an engine-only worker) until SIGTERM/SIGINT."""
-    await Daemon(settings, migrate=migrate, worker_only=worker_only).run()
+async def run_daemon(settings: Settings, *, migrate: bool = True, worker_only: bool = False,
+                     parent_pid: int | None = None) -> None:
+    """Run the daemon (or, with `worker_only`, an engine-only worker) until SIGTERM/SIGINT.
+
+    `parent_pid`: stop when that process is no longer this one's parent (a daemon's worker).
+    """
+    await Daemon(settings, migrate=migrate, worker_only=worker_only, parent_pid=parent_pid).run()

@@ -36,7 +36,9 @@ def run(no_migrate: bool) -> None:
 @click.command()
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None,
               help="Subtasks this worker runs at once (default: [engine] max_concurrency).")
-def worker(concurrency: int | None) -> None:
+@click.option("--parent", type=int, default=None, hidden=True,
+              help="The daemon that started this worker: stop when it is gone.")
+def worker(concurrency: int | None, parent: int | None) -> None:
     """Run an engine-only worker until SIGTERM or Ctrl-C.
 
     It claims and runs tasks from the shared database and relays their events to the daemon that
@@ -50,4 +52,4 @@ def worker(concurrency: int | None) -> None:
         settings = settings.model_copy(update={"engine": settings.engine.model_copy(
             update={"max_concurrency": concurrency})})
     configure_logging(level=settings.log.level, fmt=settings.log.format)
-    asyncio.run(run_daemon(settings, migrate=False, worker_only=True))
+    asyncio.run(run_daemon(settings, migrate=False, worker_only=True, parent_pid=parent))

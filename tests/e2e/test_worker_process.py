@@ -128,3 +128,27 @@ def test_a_worker_refuses_a_database_the_daemon_has_not_migrated(tmp_path: Path)
     assert result.returncode == 2
     assert "has no schema yet" in result.stderr and "orchestrator migrate" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+async def test_worker_processes_stop_when_their_daemon_is_killed(tmp_path: Path) -> None:
+    async with FakeLMStudio() as fake:
+        fake.script("qwen2.5-7b-instruct", answer="hi")
+        env = cli_env(tmp_path, ORCH_LMSTUDIO__BASE_URL=fake.url, ORCH_ENGINE__WORKER_PROCESSES="1",
+                      ORCH_ADMIN_API__ENABLED="false", ORCH_MONITOR__ENABLED="false")
+        process = subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, text=True, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            await _wait_for(lambda: len(_children(process.pid)) == 1, 120)
+            (child,) = _children(process.pid)
+            # Started from the daemon's own components' start: wait until the child is running.
+            await _wait_for(lambda: "parent" in " ".join(child.cmdline()), 30)
+            await asyncio.sleep(3)
+            process.kill()  # no chance to stop its children
+            process.wait()
+            _gone, alive = await asyncio.to_thread(psutil.wait_procs, [child], 30)
+            assert not alive
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
