@@ -144,9 +144,9 @@ class EngineSettings(_Section):
     max_attempts: int = Field(default=3, ge=1, le=20)
     execute_max_tokens: int | None = Field(default=None, ge=16)
     checkpoint_interval_s: float = Field(default=1.0, gt=0, le=60)
-    # Relay task events through the database to other daemons sharing it (bot/engine/relay.py):
-    # "auto" relays on MariaDB/MySQL, where several daemons are how the product scales, and not on
-    # the single-daemon SQLite default.
+    # Relay task events through the database to the other processes sharing it (bot/engine/relay.py):
+    # "auto" relays on MariaDB/MySQL, where several daemons are how the product scales, in worker
+    # processes, and in a daemon that has any; not for a lone daemon on SQLite.
     relay_events: Literal["auto", "on", "off"] = "auto"
     # Extra engine-only processes (`orchestrator worker`) the daemon starts and restarts beside
     # itself: the engine's own work is Python, so one process uses one core. Each takes
