@@ -155,13 +155,14 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
         sessions = session_factory(db)
         async with sessions() as session, session.begin():
             await session.execute(update(AiProvider).values(base_url=peer_url))
-        workers = await _worker_processes(processes - 1, url=url, workdir=workdir, peer_url=peer_url,
-                                          concurrency=share)
         runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, embedder=LexicalEmbedder(),
                                 worker_id=f"bench-{uuid.uuid4().hex[:6]}")
         await runtime.start()
+        workers: list[asyncio.subprocess.Process] = []
         try:
             assert runtime.engine is not None and runtime.worker is not None
+            workers = await _worker_processes(processes - 1, url=url, workdir=workdir, peer_url=peer_url,
+                                              concurrency=share)
             while workers:  # every worker process has registered: it is claiming
                 async with sessions() as session:
                     registered = await session.scalar(select(func.count()).select_from(QueueWorker))
