@@ -92,11 +92,13 @@ class EngineRuntime:
             self.worker = Worker(queue=self.queue, handlers=self.engine.handlers, worker_id=self.worker_id,
                                  concurrency=self.settings.engine.max_concurrency, provider_limits=limits,
                                  on_event=self.engine.on_queue_event, admission=self.admission)
-            self._worker_task = asyncio.create_task(self.worker.run(), name="engine-worker")
         if self.bus is not None and self.relays_events():
+            # Listening before the worker claims anything: a resumed job's first events are relayed too.
             self.relay = EventRelay(bus=self.bus, db_engine=self.db_engine, queue=self.queue,
                                     origin=self.worker.worker_id if self.worker else default_worker_id())
             await self.relay.start()
+        if self.worker is not None:
+            self._worker_task = asyncio.create_task(self.worker.run(), name="engine-worker")
 
     def relays_events(self) -> bool:
         """Whether task events go through the database to other daemons (`engine.relay_events`)."""
