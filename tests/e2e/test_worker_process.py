@@ -68,7 +68,15 @@ async def test_a_worker_process_runs_what_another_process_submitted(
 
 
 def _children(pid: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(pid).children() if "worker" in " ".join(p.cmdline())]
+    """The daemon's live worker processes (one exiting while listed is left out)."""
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "worker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
 
 
 async def _wait_for(predicate: object, timeout: float) -> None:
