@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "providers": ("bot.cli.providers_cmd:providers", "Add, list and test LLM servers."),
     "task": ("bot.cli.task_cmd:task", "Create, show, list and cancel tasks."),
     "ranking": ("bot.cli.task_cmd:ranking", "Rank models by their measured quality."),
+    "workers": ("bot.cli.task_cmd:workers", "List the engine's workers and whether they are alive."),
     "chat": ("bot.cli.chat_cmd:chat", "Talk to the orchestrator in this terminal."),
     "discord": ("bot.cli.discord_cmd:discord", "Sync Discord slash commands."),
     "kb": ("bot.cli.knowledge_cmd:kb", "Synchronise knowledge sources."),

@@ -214,3 +214,44 @@ def ranking(category: str | None, as_json: bool) -> None:
                    f"success={row['success_rate']:.0%} validation={validation} "
                    f"tiebreaks={row['tiebreaks_won']}/{row['tiebreaks_won'] + row['tiebreaks_lost']} "
                    f"time={row['mean_time_ms']:.0f}ms")
+
+
+@click.command()
+@click.option("--all", "show_all", is_flag=True, help="Also list workers that stopped.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def workers(show_all: bool, as_json: bool) -> None:
+    """The engine's workers (daemons and `orchestrator worker` processes) and whether they are alive.
+
+    A worker is `running` while its heartbeat (every 10 s) is younger than a lease (30 s),
+    `silent` past that (killed, or its host is gone: its jobs are reclaimed when their leases
+    expire), and `stopped` once it shut down cleanly.
+    """
+    from bot.db.base import utcnow
+    from bot.db.models import QueueWorker
+    from bot.engine.queue.store import DEFAULT_LEASE_S
+
+    async def go() -> list[dict[str, Any]]:
+        async with _database(load_settings()) as (_engine, sessions), sessions() as session:
+            rows = (await session.scalars(select(QueueWorker).order_by(QueueWorker.started_at))).all()
+        now = utcnow()
+        listed = []
+        for row in rows:
+            state = "stopped" if row.stopped_at is not None else (
+                "running" if (now - row.heartbeat_at).total_seconds() < DEFAULT_LEASE_S else "silent")
+            if state == "stopped" and not show_all:
+                continue
+            listed.append({"id": row.id, "host": row.hostname, "pid": row.pid, "concurrency": row.concurrency,
+                           "state": state, "started_at": row.started_at.isoformat(),
+                           "heartbeat_at": row.heartbeat_at.isoformat(),
+                           "stopped_at": row.stopped_at.isoformat() if row.stopped_at else None})
+        return listed
+
+    listed = asyncio.run(go())
+    if as_json:
+        echo_json(listed)
+        return
+    if not listed:
+        click.echo("no worker is running" if not show_all else "no worker has run yet")
+    for item in listed:
+        click.echo(f"{item['state']:<8} {item['id']:<40} host={item['host']} pid={item['pid']} "
+                   f"concurrency={item['concurrency']} heartbeat={item['heartbeat_at']}")

@@ -51,10 +51,14 @@ async def test_a_worker_process_runs_what_another_process_submitted(
         origins = {e.origin for e in events if e.kind != "task.created"}
         assert len(origins) == 1 and None not in origins  # run there, heard here
         assert "".join(str(e.payload["text"]) for e in events if e.kind == "subtask.token") == PARIS
+        (worker_id,) = origins
+        assert (await asyncio.to_thread(_listed, env))[worker_id]["state"] == "running"  # `orchestrator workers`
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
         rest = await asyncio.to_thread(process.stderr.read)
         assert "Traceback" not in rest
+        assert worker_id not in await asyncio.to_thread(_listed, env)
+        assert (await asyncio.to_thread(_listed, env, "--all"))[worker_id]["state"] == "stopped"
         async with front.sessions() as session:
             workers = (await session.scalars(select(QueueWorker))).all()
         (worker_row,) = [w for w in workers if w.id in origins]
@@ -65,6 +69,12 @@ async def test_a_worker_process_runs_what_another_process_submitted(
             process.kill()
             process.wait()
         await stop(front)
+
+
+def _listed(env: dict[str, str], *args: str) -> dict[str, dict[str, object]]:
+    result = subprocess.run([sys.executable, "-m", "bot", "workers", "--json", *args], env=env, text=True,
+                            capture_output=True, timeout=60, check=True)
+    return {str(row["id"]): row for row in json.loads(result.stdout)}
 
 
 def _children(pid: int) -> list[psutil.Process]:

@@ -57,6 +57,8 @@ log = get_logger(__name__)
 JOBS = cast(Table, Job.__table__)
 CHECKPOINTS = cast(Table, JobCheckpoint.__table__)
 WORKERS = cast(Table, QueueWorker.__table__)
+# How long a claim holds a job without a heartbeat; workers beat every third of it.
+DEFAULT_LEASE_S = 30.0
 
 MAX_KEY_LENGTH = 255
 MAX_KIND_LENGTH = 64
@@ -361,7 +363,7 @@ class JobQueue:
         self,
         engine: AsyncEngine,
         *,
-        lease_s: float = 30.0,
+        lease_s: float = DEFAULT_LEASE_S,
         retry_base_s: float = 2.0,
         retry_max_s: float = 600.0,
         boundary_hook: BoundaryHook | None = None,
