@@ -77,6 +77,14 @@ def _listed(env: dict[str, str], *args: str) -> dict[str, dict[str, object]]:
     return {str(row["id"]): row for row in json.loads(result.stdout)}
 
 
+def _daemon_with_workers(tmp_path: Path, fake: FakeLMStudio, count: int, *, stderr: int) -> subprocess.Popen[str]:
+    """`orchestrator run` with `count` worker processes, and only the engine besides."""
+    env = cli_env(tmp_path, ORCH_LMSTUDIO__BASE_URL=fake.url, ORCH_ENGINE__WORKER_PROCESSES=str(count),
+                  ORCH_ADMIN_API__ENABLED="false", ORCH_MONITOR__ENABLED="false")
+    return subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, text=True, env=env,
+                            stdout=subprocess.DEVNULL, stderr=stderr)
+
+
 def _children(pid: int) -> list[psutil.Process]:
     """The daemon's live worker processes (one exiting while listed is left out)."""
     found = []
@@ -100,10 +108,7 @@ async def _wait_for(predicate: object, timeout: float) -> None:
 async def test_the_daemon_restarts_a_killed_worker_process_and_stops_them_all(tmp_path: Path) -> None:
     async with FakeLMStudio() as fake:
         fake.script("qwen2.5-7b-instruct", answer="hi")
-        env = cli_env(tmp_path, ORCH_LMSTUDIO__BASE_URL=fake.url, ORCH_ENGINE__WORKER_PROCESSES="2",
-                      ORCH_ADMIN_API__ENABLED="false", ORCH_MONITOR__ENABLED="false")
-        process = subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, text=True, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = _daemon_with_workers(tmp_path, fake, 2, stderr=subprocess.PIPE)
         try:
             assert process.stderr is not None
             # The children log to the daemon's stderr too: wait for the daemon's own "ready".
@@ -152,10 +157,7 @@ def test_a_worker_refuses_a_database_the_daemon_has_not_migrated(tmp_path: Path)
 async def test_worker_processes_stop_when_their_daemon_is_killed(tmp_path: Path) -> None:
     async with FakeLMStudio() as fake:
         fake.script("qwen2.5-7b-instruct", answer="hi")
-        env = cli_env(tmp_path, ORCH_LMSTUDIO__BASE_URL=fake.url, ORCH_ENGINE__WORKER_PROCESSES="1",
-                      ORCH_ADMIN_API__ENABLED="false", ORCH_MONITOR__ENABLED="false")
-        process = subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, text=True, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = _daemon_with_workers(tmp_path, fake, 1, stderr=subprocess.DEVNULL)
         try:
             await _wait_for(lambda: len(_children(process.pid)) == 1, 120)
             (child,) = _children(process.pid)
