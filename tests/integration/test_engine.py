@@ -67,7 +67,9 @@ async def lmstudio() -> AsyncIterator[FakeLMStudio]:
         yield server
 
 
-async def start_engine(db_url: str, fake: FakeLMStudio, tmp_path: Path, **engine: Any) -> EngineRuntime:
+async def start_engine(db_url: str, fake: FakeLMStudio, tmp_path: Path, *, name: str = "test",
+                       run_worker: bool = True, **engine: Any) -> EngineRuntime:
+    """An engine runtime on `db_url` routed to `fake`; `name` tells several on one database apart."""
     settings = load_settings(environ={"ORCH_DATA_DIR": str(tmp_path / "data"), "ORCH_DATABASE_URL": db_url,
                                       "ORCH_LMSTUDIO__BASE_URL": fake.url},
                              engine={"checkpoint_interval_s": 0.05, **engine})
@@ -77,8 +79,8 @@ async def start_engine(db_url: str, fake: FakeLMStudio, tmp_path: Path, **engine
         await session.execute(update(AiProvider).where(AiProvider.name == "LM Studio").values(base_url=fake.url))
     # The lexical embedder keeps these tests fast; the formula with MiniLM is tested in test_divergence.
     runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, bus=EventBus(),
-                            worker_id=f"test-{time.monotonic_ns()}", embedder=LexicalEmbedder())
-    await runtime.start()
+                            worker_id=f"{name}-{time.monotonic_ns()}", embedder=LexicalEmbedder())
+    await runtime.start(run_worker=run_worker)
     return runtime
 
 

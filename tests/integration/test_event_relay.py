@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -17,12 +16,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import Table, func, insert, select, text
 
 from bot.db.base import utcnow
 from bot.db.engine import create_engine, session_factory
-from bot.db.models import AiProvider, TaskEvent
-from bot.engine.embeddings import LexicalEmbedder
+from bot.db.models import TaskEvent
 from bot.engine.queue import JobQueue
 from bot.engine.relay import MAX_PAYLOAD_CHARS, EventRelay, event_rows
 from bot.engine.runtime import EngineRuntime
@@ -30,7 +28,7 @@ from bot.events import Event, EventBus, Subscription
 from bot.settings import load_settings
 from tests.fakes import FakeLMStudio
 from tests.integration.test_chat_engine import wait_for_text
-from tests.integration.test_engine import PARIS, lmstudio, stop, verdict
+from tests.integration.test_engine import PARIS, lmstudio, start_engine, stop, verdict
 
 __all__ = ["lmstudio"]
 EVENTS = cast(Table, TaskEvent.__table__)
@@ -39,17 +37,7 @@ EVENTS = cast(Table, TaskEvent.__table__)
 async def daemon(db_url: str, fake: FakeLMStudio, tmp_path: Path, name: str, *, worker: bool,
                  relay: str = "on") -> EngineRuntime:
     """One daemon's engine: its own bus, pool and worker id, on the shared database."""
-    settings = load_settings(environ={"ORCH_DATA_DIR": str(tmp_path / name), "ORCH_DATABASE_URL": db_url,
-                                      "ORCH_LMSTUDIO__BASE_URL": fake.url},
-                             engine={"checkpoint_interval_s": 0.05, "relay_events": relay})
-    db = create_engine(db_url)
-    sessions = session_factory(db)
-    async with sessions() as session, session.begin():
-        await session.execute(update(AiProvider).where(AiProvider.name == "LM Studio").values(base_url=fake.url))
-    runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, bus=EventBus(),
-                            worker_id=f"{name}-{time.monotonic_ns()}", embedder=LexicalEmbedder())
-    await runtime.start(run_worker=worker)
-    return runtime
+    return await start_engine(db_url, fake, tmp_path, name=name, run_worker=worker, relay_events=relay)
 
 
 def script_two_models(fake: FakeLMStudio) -> None:
