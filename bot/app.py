@@ -76,14 +76,14 @@ class DatabaseComponent:
 
         settings = self._runtime.settings
         url = settings.effective_database_url
+        if not self._migrate:
+            await check_at_head(url)  # first: connecting would create a missing SQLite file
         engine = create_engine(url, settings=settings.database)
         try:
             version = await verify_connection(engine)
             if self._migrate:
                 report = await upgrade_to_head(url, backup_dir=settings.data_dir / "backups", settings=settings)
                 log.info("database schema ready", report=str(report))
-            else:
-                await check_at_head(url)
         except BaseException:
             await engine.dispose()
             raise
@@ -307,6 +307,9 @@ class AdminApiComponent:
             await self._runtime.admin_api.stop()
 
 
+_ASKED_TO_STOP = (0, -signal.SIGTERM, -signal.SIGINT)
+
+
 class WorkerProcessesComponent:
     """`[engine] worker_processes` engine-only processes beside the daemon, restarted when they die.
 
@@ -314,8 +317,9 @@ class WorkerProcessesComponent:
     it reads the same settings, in a session of its own (Ctrl-C on the daemon's terminal reaches
     the daemon, which stops the children). A child that dies (a signal, an error) is started again
     after a back-off (1 s, doubling to 60 s while it keeps dying within a minute); its leased jobs
-    are reclaimed when the leases expire, like any dead daemon's. A child that exits cleanly was
-    told to stop (systemd's stop sends SIGTERM to every process of the unit) and is not restarted.
+    are reclaimed when the leases expire, like any dead daemon's. A child that exits cleanly, or
+    dies of SIGTERM/SIGINT before its handlers are installed (a child still starting), was told to
+    stop (systemd's stop sends SIGTERM to every process of the unit) and is not restarted.
     On shutdown every child gets SIGTERM (it drains its running subtasks) and, past the shutdown
     budget, SIGKILL.
     """
@@ -352,7 +356,7 @@ class WorkerProcessesComponent:
             code = await process.wait()
             if self._stopping:
                 return
-            if code == 0:
+            if code in _ASKED_TO_STOP:
                 log.warning("worker process stopped; not restarting it", slot=slot, pid=process.pid)
                 return
             if time.monotonic() - started >= 60:  # it had been running fine: not a crash loop

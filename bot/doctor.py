@@ -7,6 +7,7 @@ never hides the state of the others.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -46,10 +47,14 @@ async def check_data_dir(settings: Settings) -> CheckResult:
 async def check_database(settings: Settings) -> CheckResult:
     """The database answers, is a supported version, and its schema is at head."""
     from bot.db.engine import create_engine, verify_connection
-    from bot.db.migrate import check_at_head
+    from bot.db.migrate import check_at_head, missing_sqlite_file
 
     url = settings.effective_database_url
     shown = redact_url(url)
+    missing = await asyncio.to_thread(missing_sqlite_file, url)
+    if missing is not None:  # not connected to: that would create it, empty
+        return CheckResult("migrations", "fail", f"{shown}: the file does not exist yet",
+                           "run `orchestrator migrate`, or start `orchestrator run`, which creates it")
     try:
         engine = create_engine(url, settings=settings.database)
     except OrchestratorError as err:

@@ -38,6 +38,9 @@ FOLLOW_LIMIT_S = 6 * 3600.0
 # After this long without an event, a follower reads the task's row: a task run by a daemon whose
 # events never came (relay off, or that daemon killed before it relayed them) still ends here.
 FOLLOW_CHECK_S = 5.0
+# A row that has ended may be ahead of its last events (published just after the commit, or relayed
+# up to ~0.4 s later): they are waited for this long, since they say more than the row does.
+ENDING_GRACE_S = 1.0
 _ENDINGS = {TaskStatus.COMPLETED: "task.done", TaskStatus.FAILED: "task.failed",
             TaskStatus.CANCELLED: "task.cancelled"}
 
@@ -257,7 +260,12 @@ async def _next_event(subscription: Any, sessions: Any, task_id: int, *, every_s
             async with sessions() as session:
                 ended = ending_of(await session.get(Task, task_id, populate_existing=True))
             if ended is not None:
-                return ended
+                try:
+                    async with asyncio.timeout(ENDING_GRACE_S):
+                        late: Event = await subscription.get()
+                        return late
+                except TimeoutError:
+                    return ended
 
 
 async def render_ending(conversation: Conversation, *, task_id: int, kind: str, payload: Mapping[str, Any],

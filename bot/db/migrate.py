@@ -255,8 +255,29 @@ async def current_revision(url: str, *, settings: Settings | None = None) -> str
     return state.revision
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names when it does not exist (connecting would create it empty)."""
+    if not is_sqlite(url):
+        return None
+    database = parse_url(url).database
+    if not database or database == ":memory:":
+        return None
+    path = Path(database).expanduser()
+    return None if path.exists() else path
+
+
 async def check_at_head(url: str, *, settings: Settings | None = None) -> str:
-    """Make sure the schema is exactly what this code expects; the daemon calls it at start-up."""
+    """Make sure the schema is exactly what this code expects; the daemon calls it at start-up.
+
+    A SQLite file that does not exist is refused before connecting: connecting would create it
+    (and its folder), leaving an empty database where the operator expects none.
+    """
+    head = head_revision()
+    if await asyncio.to_thread(missing_sqlite_file, url) is not None:
+        raise RevisionMismatchError(
+            f"the database {redact_url(url)} does not exist (this version needs revision {head!r})",
+            hint=MIGRATE_HINT,
+        )
     engine = _engine(url, settings)
     try:
         await verify_connection(engine)
@@ -264,7 +285,6 @@ async def check_at_head(url: str, *, settings: Settings | None = None) -> str:
     finally:
         await engine.dispose()
     _check_state(state, url=url)
-    head = head_revision()
     if state.revision is None:
         raise RevisionMismatchError(
             f"the database {redact_url(url)} has no schema yet (this version needs revision {head!r})",

@@ -132,6 +132,7 @@ def test_doctor_on_a_fresh_machine_says_what_to_do(tmp_path: Path) -> None:
     found = checks(report)
     assert found["migrations"]["status"] == "fail"
     assert "orchestrator migrate" in (found["migrations"]["fix"] or "")
+    assert not list(tmp_path.rglob("*.db"))  # looked for, not created
     assert found["keyring"]["status"] == "warn"
     assert found["chat"]["status"] == "ok"
     assert code == 1

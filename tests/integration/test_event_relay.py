@@ -136,6 +136,31 @@ async def test_a_follower_ends_with_the_answer_when_no_event_comes(
         await stop(front)
 
 
+async def test_a_finished_row_waits_briefly_for_the_events_still_on_their_way(migrated_db: str) -> None:
+    """The row can be ahead of its last events: those say more (an "unvalidated" note), so they win."""
+    from bot.commands.engine_commands import ENDING_GRACE_S, _next_event
+    from bot.db.models import Task
+    from bot.db.models.enums import TaskStatus
+
+    db = create_engine(migrated_db)
+    bus = EventBus()
+    subscription = bus.subscribe(topics={"task"})
+    try:
+        sessions = session_factory(db)
+        async with sessions() as session, session.begin():
+            task = Task(title="t", status=TaskStatus.COMPLETED, result="done")
+            session.add(task)
+        late = Event(topic="task", kind="subtask.done", task_id=task.id, payload={"validation": "unvalidated"})
+        asyncio.get_running_loop().call_later(0.2 + ENDING_GRACE_S / 2, bus.publish, late)
+        assert (await _next_event(subscription, sessions, task.id, every_s=0.2)).kind == "subtask.done"
+        # Nothing more comes: the row's ending, one grace later.
+        ending = await _next_event(subscription, sessions, task.id, every_s=0.2)
+        assert ending.kind == "task.done" and ending.payload == {"result": "done"}
+    finally:
+        subscription.close()
+        await db.dispose()
+
+
 # -- the table, on both backends -------------------------------------------------------------------
 @pytest.fixture
 async def relay_parts(migrated_db: str) -> AsyncIterator[tuple[Any, JobQueue]]:

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection
 
-from bot.db.engine import create_engine, is_sqlite, session_factory
+from bot.db.engine import create_engine, is_sqlite, session_factory, verify_connection
 from bot.db.errors import DatabaseUnreachableError, MigrationError, RevisionMismatchError
 from bot.db.migrate import (
     check_at_head,
@@ -371,11 +371,25 @@ async def _assert_refused_as_newer(shared_db: str) -> None:
 
 
 async def test_never_migrated_database_is_reported_with_the_fix(db_url: str) -> None:
+    if is_sqlite(db_url):  # an empty file: a missing one is refused before connecting (below)
+        engine = create_engine(db_url)
+        try:
+            await verify_connection(engine)
+        finally:
+            await engine.dispose()
     with pytest.raises(RevisionMismatchError) as never:
         await check_at_head(db_url)
     assert "no schema yet" in str(never.value)
     assert never.value.hint is not None
     assert "orchestrator migrate" in never.value.hint
+
+
+async def test_a_missing_sqlite_file_is_refused_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "orchestrator.db"
+    with pytest.raises(RevisionMismatchError, match="does not exist") as missing:
+        await check_at_head(f"sqlite+aiosqlite:///{path}")
+    assert missing.value.hint is not None and "orchestrator migrate" in missing.value.hint
+    assert not path.parent.exists()
 
 
 async def test_half_applied_schema_is_detected_not_papered_over(db_url: str) -> None:
