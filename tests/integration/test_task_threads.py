@@ -373,7 +373,8 @@ async def test_slack_dispute_buttons_socket_and_http_then_follow_up(migrated_db:
 async def test_slack_restart_mid_task_keeps_the_thread(migrated_db: str, lmstudio: FakeLMStudio,
                                                        tmp_path: Path) -> None:
     long_answer = " ".join(f"word{i}" for i in range(120)) + " " + PARIS
-    script_agree(lmstudio, answer=long_answer, token_delay_s=0.03)
+    # 12 s of stream before the stop (a loaded CI machine once finished 3.6 s of it first), a fast one after.
+    script_agree(lmstudio, answer=long_answer, token_delay_s=0.1)
     runtime = await start_engine(migrated_db, lmstudio, tmp_path)
     await add_people(runtime)
     dispatcher, threads = dispatcher_for(runtime)
@@ -391,6 +392,7 @@ async def test_slack_restart_mid_task_keeps_the_thread(migrated_db: str, lmstudi
         await stop(runtime)
         assert await _status_on(migrated_db, 1) != "completed"
 
+        script_agree(lmstudio, answer=long_answer, token_delay_s=0.01)
         runtime = await start_engine(migrated_db, lmstudio, tmp_path)
         dispatcher, threads = dispatcher_for(runtime)
         platform = SlackPlatform(settings=slack_settings(fake), sink=dispatcher.handle_event)
