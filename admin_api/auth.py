@@ -9,6 +9,7 @@ Scopes nest: `admin` implies `write`, which implies `read`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -120,6 +121,8 @@ class TokenAuthenticator:
         self._cache: dict[str, tuple[float, Principal, datetime | None]] = {}
         self._touched: dict[int, float] = {}
         self._swept = time.monotonic()
+        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
+        self._generation = 0  # bumped by forget(): a lookup begun before a revocation is not cached
 
     def cached(self, token: str) -> Principal | None:
         """The principal for `token` if a lookup younger than `cache_seconds` found it valid and
@@ -140,13 +143,33 @@ class TokenAuthenticator:
         return None
 
     async def authenticate(self, token: str) -> Principal | None:
-        """The principal for `token`, or None when it is unknown, expired or revoked."""
+        """The principal for `token`, or None when it is unknown, expired or revoked.
+
+        Concurrent misses for one token share one lookup: when a busy client's entry expires,
+        its requests in flight (64 connections, say) would otherwise each query the table at
+        once, and that burst stalled every request behind it.
+        """
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
         digest = hash_token(token)
         principal = self._cached(digest)
         if principal is not None:
             return principal
+        pending = self._lookups.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup(digest, self._generation))
+            self._lookups[digest] = pending
+            pending.add_done_callback(lambda done: self._lookup_done(digest, done))
+        # Shielded: one caller giving up (its client went away) must not cancel the others' lookup.
+        return await asyncio.shield(pending)
+
+    def _lookup_done(self, digest: str, done: asyncio.Future[Principal | None]) -> None:
+        if self._lookups.get(digest) is done:
+            del self._lookups[digest]
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have given up; each one still sees it
+
+    async def _lookup(self, digest: str, generation: int) -> Principal | None:
         now = time.monotonic()
         async with self._session_factory() as session:
             row = (
@@ -173,11 +196,14 @@ class TokenAuthenticator:
             self._swept = now
             for stale in [key for key, (until, _, _) in self._cache.items() if until <= now]:
                 del self._cache[stale]
-        self._cache[digest] = (now + self._cache_seconds, principal, row.expires_at)
+        if generation == self._generation:  # a revocation during the lookup: not cached
+            self._cache[digest] = (now + self._cache_seconds, principal, row.expires_at)
         return principal
 
     def forget(self, token_id: int) -> None:
         """Drop cached entries of a token (after revocation)."""
+        self._generation += 1
+        self._lookups.clear()  # requests from now on look the token up afresh
         for key, (_, principal, _) in list(self._cache.items()):
             if principal.token_id == token_id:
                 del self._cache[key]

@@ -168,6 +168,7 @@ def _served(handle: Any) -> int:
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from admin_api import ApiOptions, start_admin_api
+    from bot.aio import freeze_startup_heap
     from bot.db.engine import create_engine, session_factory
     from bot.events import EventBus
     from bot.logs import configure_logging
@@ -184,6 +185,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             settings=settings, session_factory=session_factory(engine), bus=EventBus(),
             options=ApiOptions(rate_per_second=1e9, burst=10**9),
         )
+        freeze_startup_heap()  # as the daemon does once it is ready
         results: dict[str, Any] = {"rows": args.rows, "connections": args.connections, "duration_s": args.duration}
         try:
             for name, path in (("list", "/execution-logs?limit=50"), ("get", f"/execution-logs/{row_id}")):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bot import __version__
-from bot.aio import cancel_and_wait
+from bot.aio import cancel_and_wait, freeze_startup_heap
 from bot.errors import OrchestratorError
 from bot.logs import get_logger, register_secret
 from bot.settings import Settings, redact_url
@@ -448,11 +447,7 @@ class Daemon:
                 self._started.append(component)
                 await component.start()
             if not self._stop_event.is_set():
-                # Everything loaded at start-up (modules, settings, prompts) lives as long as the
-                # daemon: moving it out of the collector's generations keeps full collections, which
-                # set the latency tail of every request and check, proportional to live work only.
-                gc.collect()
-                gc.freeze()
+                freeze_startup_heap()
                 notify(f"READY=1\nSTATUS=running {len(self._started)} components")
                 log.info(
                     "orchestrator ready",

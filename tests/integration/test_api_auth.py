@@ -168,3 +168,50 @@ async def test_cli_tokens_create_list_revoke(api: Api, shared_db: str, tmp_path:
         assert response.status == 401
     missing = _cli(["tokens", "revoke", "999999"], shared_db, tmp_path)
     assert missing.returncode == 2
+
+
+async def test_concurrent_misses_share_one_lookup_and_a_revocation_is_not_cached(api: Api) -> None:
+    """64 requests in flight when a token's cache entry lapses query the table once, not 64 times."""
+    import asyncio
+
+    from sqlalchemy import event
+
+    from admin_api.auth import TokenAuthenticator
+
+    async with api.sessions() as session:
+        minted = await mint_token(session, user_id=api.user_id, name="busy", scopes=["read"])
+        await session.commit()
+    lookups = 0
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        nonlocal lookups
+        if statement.lstrip().upper().startswith("SELECT") and "api_tokens" in statement:
+            lookups += 1
+
+    event.listen(api.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        auth = TokenAuthenticator(session_factory=api.sessions, cache_seconds=30)
+        found = await asyncio.gather(*(auth.authenticate(minted.secret) for _ in range(64)))
+        assert lookups == 1
+        assert {p.token_id for p in found if p is not None} == {minted.id} and None not in found
+        assert auth.cached(minted.secret) is not None  # and the answer was cached
+
+        # A waiter that gives up does not take the others' lookup with it.
+        auth.forget(minted.id)
+        first = asyncio.ensure_future(auth.authenticate(minted.secret))
+        second = asyncio.ensure_future(auth.authenticate(minted.secret))
+        await asyncio.sleep(0)
+        first.cancel()
+        principal = await second
+        assert principal is not None and principal.token_id == minted.id and lookups == 2
+
+        # forget() during a lookup: the lookup's answer is not cached, and later callers look again.
+        auth.forget(minted.id)
+        before = asyncio.ensure_future(auth.authenticate(minted.secret))
+        await asyncio.sleep(0)
+        auth.forget(minted.id)
+        assert await before is not None
+        assert auth.cached(minted.secret) is None
+        assert await auth.authenticate(minted.secret) is not None and lookups == 4
+    finally:
+        event.remove(api.engine.sync_engine, "before_cursor_execute", count)
