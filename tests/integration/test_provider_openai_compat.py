@@ -157,9 +157,11 @@ async def test_slow_first_token_within_deadline_is_fine(
 
 
 async def test_total_deadline_mid_stream_keeps_text(server: FakeOpenAICompat, provider: OpenAICompatProvider) -> None:
-    server.script("smol", answer="a b c d e f g h i j", token_delay_s=0.2)
+    # The headers and the first token come at once, the rest 0.4 s apart: a deadline of 1.5 s falls
+    # mid-answer with room for a loaded machine (0.5 s once passed before the headers came).
+    server.script("smol", answer="a b c d e f g h i j", token_delay_s=0.4)
     with pytest.raises(StreamInterruptedError) as caught:
-        await _collect(provider, _request(timeout_s=0.5))
+        await _collect(provider, _request(timeout_s=1.5))
     assert caught.value.partial_text.startswith("a ")
 
 
