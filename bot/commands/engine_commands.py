@@ -172,8 +172,6 @@ async def follow_task(*, conversation: Conversation, subscription: Any, engine: 
         async with asyncio.timeout(FOLLOW_LIMIT_S):
             while True:
                 event = await _next_event(subscription, sessions, task_id, every_s=check_every_s)
-                if event.task_id != task_id:
-                    continue
                 payload = event.payload
                 subtask_id = payload.get("subtask_id")
                 if event.kind == "task.planned" and show_plan:
@@ -250,22 +248,35 @@ def ending_of(task: Task | None) -> Event | None:
 
 
 async def _next_event(subscription: Any, sessions: Any, task_id: int, *, every_s: float = FOLLOW_CHECK_S) -> Event:
-    """The subscription's next event; after `every_s` of silence, the task's ending if its row has one."""
+    """The task's next event; after `every_s` without one, the task's ending if its row has one.
+
+    Silence is counted for this task only: on a busy daemon other tasks' events never stop, and
+    they must not keep a follower from noticing that its own task ended without a word.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + every_s
     while True:
-        try:
-            async with asyncio.timeout(every_s):
+        event = await _event_of(subscription, task_id, deadline)
+        if event is not None:
+            return event
+        async with sessions() as session:
+            ended = ending_of(await session.get(Task, task_id, populate_existing=True))
+        if ended is not None:
+            late = await _event_of(subscription, task_id, loop.time() + ENDING_GRACE_S)
+            return late if late is not None else ended
+        deadline = loop.time() + every_s
+
+
+async def _event_of(subscription: Any, task_id: int, deadline: float) -> Event | None:
+    """The next event of `task_id` before `deadline` (loop time), None if none came."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            while True:
                 event: Event = await subscription.get()
-                return event
-        except TimeoutError:
-            async with sessions() as session:
-                ended = ending_of(await session.get(Task, task_id, populate_existing=True))
-            if ended is not None:
-                try:
-                    async with asyncio.timeout(ENDING_GRACE_S):
-                        late: Event = await subscription.get()
-                        return late
-                except TimeoutError:
-                    return ended
+                if event.task_id == task_id:
+                    return event
+    except TimeoutError:
+        return None
 
 
 async def render_ending(conversation: Conversation, *, task_id: int, kind: str, payload: Mapping[str, Any],

@@ -137,7 +137,8 @@ async def test_a_follower_ends_with_the_answer_when_no_event_comes(
 
 
 async def test_a_finished_row_waits_briefly_for_the_events_still_on_their_way(migrated_db: str) -> None:
-    """The row can be ahead of its last events: those say more (an "unvalidated" note), so they win."""
+    """The row can be ahead of its last events: those say more (an "unvalidated" note), so they win;
+    and silence is this task's, not the bus's."""
     from bot.commands.engine_commands import ENDING_GRACE_S, _next_event
     from bot.db.models import Task
     from bot.db.models.enums import TaskStatus
@@ -153,8 +154,18 @@ async def test_a_finished_row_waits_briefly_for_the_events_still_on_their_way(mi
         late = Event(topic="task", kind="subtask.done", task_id=task.id, payload={"validation": "unvalidated"})
         asyncio.get_running_loop().call_later(0.2 + ENDING_GRACE_S / 2, bus.publish, late)
         assert (await _next_event(subscription, sessions, task.id, every_s=0.2)).kind == "subtask.done"
-        # Nothing more comes: the row's ending, one grace later.
-        ending = await _next_event(subscription, sessions, task.id, every_s=0.2)
+        # Nothing more of this task comes, while other tasks' events never stop (a busy daemon):
+        # the row's ending, one grace later.
+        async def other_tasks() -> None:
+            while True:
+                bus.publish(Event(topic="task", kind="subtask.token", task_id=task.id + 1, payload={"text": "x"}))
+                await asyncio.sleep(0.02)
+
+        noise = asyncio.create_task(other_tasks())
+        try:
+            ending = await asyncio.wait_for(_next_event(subscription, sessions, task.id, every_s=0.2), 10)
+        finally:
+            noise.cancel()
         assert ending.kind == "task.done" and ending.payload == {"result": "done"}
     finally:
         subscription.close()
