@@ -5,7 +5,8 @@
 Each subtask is a single-step task (`/ask`-style: no planner), executed by one model and checked
 by another on a zero-latency local LM Studio peer (tests/fakes), so what is measured is the
 engine: selection, streaming with checkpoints, the reference answer, the verdict, divergence, the
-hallucination check, quality metrics, execution logs and the durable queue. One in ten answers
+hallucination check, quality metrics, execution logs, the durable queue and the event bus (with
+the relay through the database where `[engine] relay_events` turns it on). One in ten answers
 disagree, so a third model breaks the tie twice.
 
 The peer runs in its own process by default, as a real LM Studio does: on one event loop with the
@@ -140,6 +141,7 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
     from bot.db.models import AiProvider, ExecutionLog, QueueWorker, Task
     from bot.engine.embeddings import LexicalEmbedder
     from bot.engine.runtime import EngineRuntime
+    from bot.events import EventBus
     from bot.logs import configure_logging
     from bot.settings import load_settings
 
@@ -155,8 +157,10 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
         sessions = session_factory(db)
         async with sessions() as session, session.begin():
             await session.execute(update(AiProvider).values(base_url=peer_url))
+        # An event bus as in the daemon: every event is published, and relayed through the
+        # database where `[engine] relay_events` says so (auto: on MariaDB).
         runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, embedder=LexicalEmbedder(),
-                                worker_id=f"bench-{uuid.uuid4().hex[:6]}")
+                                worker_id=f"bench-{uuid.uuid4().hex[:6]}", bus=EventBus())
         await runtime.start()
         workers: list[asyncio.subprocess.Process] = []
         try:
