@@ -58,6 +58,10 @@ class ApiMetrics:
             "orchestrator_events_relayed", "Task events received from other daemons through the database",
             registry=self.registry,
         )
+        self.workers = Gauge(
+            "orchestrator_queue_workers", "Engine workers sharing this database, by state (running, silent)",
+            ["state"], registry=self.registry,
+        )
         self.subscribers = Gauge(
             "orchestrator_event_subscribers", "Open event-bus subscriptions (WebSocket clients…)",
             registry=self.registry,

@@ -1,20 +1,25 @@
-"""Operations: liveness, readiness, Prometheus metrics, the OpenAPI document and its docs page."""
+"""Operations: liveness, readiness, Prometheus metrics, the engine's workers, the OpenAPI document
+and its docs page."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from datetime import datetime
 from typing import Literal
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from admin_api.endpoint import Ctx, Reply, endpoint
 from admin_api.openapi import DOCS_HTML, build_document
+from admin_api.problems import ValidationFailed
 from admin_api.state import BUS, DOC_CACHE, METRICS, SERVICES, SESSIONS
 from bot.db.models import Alert, AlertStatus, CreditUsage, Task, TaskStatus
+from bot.engine.queue.roster import WorkerStateName, list_workers
 
 routes = web.RouteTableDef()
 TAG = "operations"
@@ -62,6 +67,44 @@ async def readyz(ctx: Ctx) -> Reply:
     return Reply(readiness, status=200 if database else 503)
 
 
+class WorkersQuery(BaseModel):
+    """`all=true` lists workers that stopped too."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    all: bool = False
+
+
+class WorkerRead(BaseModel):
+    """One engine worker: a daemon or an `orchestrator worker` process, on this host or another."""
+
+    id: str
+    host: str
+    pid: int
+    concurrency: int
+    state: WorkerStateName
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+
+
+class WorkerList(BaseModel):
+    """The workers, oldest first: `running` (heartbeat younger than a lease), `silent` (killed or
+    host gone; its jobs are reclaimed when their leases expire) or `stopped`."""
+
+    items: list[WorkerRead]
+
+
+@endpoint(routes, "GET", "/workers", summary="The engine's workers and whether they are alive", tag=TAG,
+          scope="read", query=WorkersQuery, response=WorkerList, problems=(ValidationFailed,))
+async def workers(ctx: Ctx) -> WorkerList:
+    """Every daemon and worker process sharing this database, from their heartbeats."""
+    query = ctx.query_as(WorkersQuery)
+    async with ctx.request.app[SESSIONS]() as session:
+        found = await list_workers(session, include_stopped=query.all)
+    return WorkerList(items=[WorkerRead(**vars(worker)) for worker in found])
+
+
 @endpoint(routes, "GET", "/metrics", summary="Prometheus metrics", tag=TAG, scope="read",
           raw_response="text/plain")
 async def metrics(ctx: Ctx) -> web.Response:
@@ -92,6 +135,9 @@ async def metrics(ctx: Ctx) -> web.Response:
         )).all()
         for severity, count in alerts:
             api_metrics.open_alerts.labels(str(severity.value if hasattr(severity, "value") else severity)).set(count)
+        states = Counter(worker.state for worker in await list_workers(session))
+        for state in ("running", "silent"):
+            api_metrics.workers.labels(state).set(states[state])
     bus = app[BUS]
     api_metrics.events_published.set(bus.published_total)
     api_metrics.events_dropped.set(bus.dropped_total)

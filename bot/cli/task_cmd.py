@@ -226,25 +226,14 @@ def workers(show_all: bool, as_json: bool) -> None:
     `silent` past that (killed, or its host is gone: its jobs are reclaimed when their leases
     expire), and `stopped` once it shut down cleanly.
     """
-    from bot.db.base import utcnow
-    from bot.db.models import QueueWorker
-    from bot.engine.queue.store import DEFAULT_LEASE_S
+    from bot.engine.queue.roster import list_workers
 
     async def go() -> list[dict[str, Any]]:
         async with _database(load_settings()) as (_engine, sessions), sessions() as session:
-            rows = (await session.scalars(select(QueueWorker).order_by(QueueWorker.started_at))).all()
-        now = utcnow()
-        listed = []
-        for row in rows:
-            state = "stopped" if row.stopped_at is not None else (
-                "running" if (now - row.heartbeat_at).total_seconds() < DEFAULT_LEASE_S else "silent")
-            if state == "stopped" and not show_all:
-                continue
-            listed.append({"id": row.id, "host": row.hostname, "pid": row.pid, "concurrency": row.concurrency,
-                           "state": state, "started_at": row.started_at.isoformat(),
-                           "heartbeat_at": row.heartbeat_at.isoformat(),
-                           "stopped_at": row.stopped_at.isoformat() if row.stopped_at else None})
-        return listed
+            found = await list_workers(session, include_stopped=show_all)
+        return [{"id": w.id, "host": w.host, "pid": w.pid, "concurrency": w.concurrency, "state": w.state,
+                 "started_at": w.started_at.isoformat(), "heartbeat_at": w.heartbeat_at.isoformat(),
+                 "stopped_at": w.stopped_at.isoformat() if w.stopped_at else None} for w in found]
 
     listed = asyncio.run(go())
     if as_json:

@@ -123,3 +123,43 @@ def test_event_bus_drops_oldest_for_slow_subscribers() -> None:
     assert [slow._queue.get_nowait().kind for _ in range(2)] == ["sample", "token"]
     slow.close()
     assert bus.subscriber_count == 1
+
+
+async def test_workers_are_listed_running_silent_and_on_request_stopped(api: Api) -> None:
+    import uuid
+    from datetime import timedelta
+
+    from bot.db.base import utcnow
+    from bot.db.models import QueueWorker
+
+    tag = uuid.uuid4().hex[:8]
+    now = utcnow()
+    async with api.sessions() as session, session.begin():
+        session.add_all([
+            QueueWorker(id=f"{tag}-running", hostname="a", pid=11, concurrency=5,
+                        started_at=now - timedelta(minutes=3), heartbeat_at=now),
+            QueueWorker(id=f"{tag}-silent", hostname="b", pid=12, concurrency=2,
+                        started_at=now - timedelta(minutes=2), heartbeat_at=now - timedelta(minutes=2)),
+            QueueWorker(id=f"{tag}-stopped", hostname="c", pid=13, concurrency=5,
+                        started_at=now - timedelta(minutes=1), heartbeat_at=now - timedelta(minutes=1),
+                        stopped_at=now - timedelta(seconds=30)),
+        ])
+
+    def ours(body: dict[str, list[dict[str, object]]]) -> dict[str, dict[str, object]]:
+        return {str(w["id"]).removeprefix(f"{tag}-"): w for w in body["items"] if str(w["id"]).startswith(tag)}
+
+    _, listed, _ = await api.call("GET", "/workers", scope="read", expect=200)
+    assert {name: w["state"] for name, w in ours(listed).items()} == {"running": "running", "silent": "silent"}
+    assert ours(listed)["silent"]["host"] == "b" and ours(listed)["silent"]["concurrency"] == 2
+    _, everyone, _ = await api.call("GET", "/workers?all=true", scope="read", expect=200)
+    assert list(ours(everyone)) == ["running", "silent", "stopped"]  # oldest first
+    assert ours(everyone)["stopped"]["stopped_at"] is not None
+    for bad in ("/workers?all=maybe", "/workers?limit=5"):
+        status, problem, _ = await api.call("GET", bad, scope="read")
+        assert status == 422 and problem["type"].endswith("validation-failed"), bad
+    async with api.client.get("/workers") as response:
+        assert response.status == 401
+    async with api.client.get("/metrics", headers=api.auth("read")) as response:
+        text = await response.text()
+    running = next(line for line in text.splitlines() if line.startswith('orchestrator_queue_workers{state="running"}'))
+    assert float(running.split()[-1]) >= 1
