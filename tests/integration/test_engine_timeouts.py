@@ -59,7 +59,7 @@ async def test_executor_silent_before_first_token_fails_over_to_another_server(
             session.add(AiProvider(name="LM Studio 2", kind="lmstudio", base_url=second.url, is_local=True))
         await db.dispose()
         runtime = await start(migrated_db, lmstudio, tmp_path,
-                              router={"first_token_timeout_s": 0.5, "backoff_base_s": 0.01, "backoff_max_s": 0.05})
+                              router={"first_token_timeout_s": 2.0, "backoff_base_s": 0.01, "backoff_max_s": 0.05})
         try:
             assert runtime.engine is not None
             await prefer_executor(runtime, "qwen-7b", "research")
@@ -93,7 +93,10 @@ async def test_executor_stalling_mid_stream_everywhere_fails_with_the_reason_aft
         await session.execute(update(AiProvider).values(base_url=lmstudio.url))
     await db.dispose()
     runtime = await start(migrated_db, lmstudio, tmp_path,
-                          router={"first_token_timeout_s": 0.5, "total_timeout_s": 1.0, "retries_per_group": 0,
+                          # The first token comes at once, the second after 20 s: the total deadline
+                          # passes mid-stream. Seconds, not fractions: a loaded machine once took over
+                          # half a second to send the headers, which is a first-token timeout instead.
+                          router={"first_token_timeout_s": 2.0, "total_timeout_s": 3.0, "retries_per_group": 0,
                                   "backoff_base_s": 0.01, "backoff_max_s": 0.05},
                           engine={"max_attempts": 2})
     assert runtime.queue is not None
