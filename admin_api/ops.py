@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import datetime
 from typing import Literal
 
 from aiohttp import web
@@ -19,7 +18,7 @@ from admin_api.openapi import DOCS_HTML, build_document
 from admin_api.problems import ValidationFailed
 from admin_api.state import BUS, DOC_CACHE, METRICS, SERVICES, SESSIONS
 from bot.db.models import Alert, AlertStatus, CreditUsage, Task, TaskStatus
-from bot.engine.queue.roster import WorkerStateName, list_workers
+from bot.engine.queue.roster import WorkerState, list_workers
 
 routes = web.RouteTableDef()
 TAG = "operations"
@@ -75,24 +74,11 @@ class WorkersQuery(BaseModel):
     all: bool = False
 
 
-class WorkerRead(BaseModel):
-    """One engine worker: a daemon or an `orchestrator worker` process, on this host or another."""
-
-    id: str
-    host: str
-    pid: int
-    concurrency: int
-    state: WorkerStateName
-    started_at: datetime
-    heartbeat_at: datetime
-    stopped_at: datetime | None
-
-
 class WorkerList(BaseModel):
     """The workers, oldest first: `running` (heartbeat younger than a lease), `silent` (killed or
     host gone; its jobs are reclaimed when their leases expire) or `stopped`."""
 
-    items: list[WorkerRead]
+    items: list[WorkerState]
 
 
 @endpoint(routes, "GET", "/workers", summary="The engine's workers and whether they are alive", tag=TAG,
@@ -102,7 +88,7 @@ async def workers(ctx: Ctx) -> WorkerList:
     query = ctx.query_as(WorkersQuery)
     async with ctx.request.app[SESSIONS]() as session:
         found = await list_workers(session, include_stopped=query.all)
-    return WorkerList(items=[WorkerRead(**vars(worker)) for worker in found])
+    return WorkerList(items=found)
 
 
 @endpoint(routes, "GET", "/metrics", summary="Prometheus metrics", tag=TAG, scope="read",
