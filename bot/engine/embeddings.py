@@ -57,6 +57,9 @@ class LexicalEmbedder:
 
     def __init__(self) -> None:
         self._slots: dict[str, int] = {}
+        # The same slots keyed by the bare word or trigram: no "w:"/"c:" string built per feature.
+        self._word_slots: dict[str, int] = {}
+        self._gram_slots: dict[str, int] = {}
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return [self._vector(text) for text in texts]
@@ -69,6 +72,8 @@ class LexicalEmbedder:
             slot = int.from_bytes(digest, "little") % self.dimensions
             if len(self._slots) >= self.cache_size:
                 self._slots.clear()
+                self._word_slots.clear()
+                self._gram_slots.clear()
             self._slots[feature] = slot
         return slot
 
@@ -79,18 +84,16 @@ class LexicalEmbedder:
         vector = [0.0] * self.dimensions
         # Words first, then trigrams, each in first-seen order: colliding features add up in the
         # same order as ever, so the vectors (and every score computed from them) stay identical.
-        slots = self._slots
-        seen: set[int] = set()
-        for prefix, features in (("w:", Counter(words)), ("c:", Counter(trigrams))):
+        log = math.log
+        for prefix, memo, features in (("w:", self._word_slots, Counter(words)),
+                                       ("c:", self._gram_slots, Counter(trigrams))):
             for feature, count in features.items():
-                name = prefix + feature
-                index = slots.get(name)
+                index = memo.get(feature)
                 if index is None:
-                    index = self._slot(name)
-                vector[index] += 1.0 + math.log(count) if count > 1 else 1.0
-                seen.add(index)
+                    index = memo[feature] = self._slot(prefix + feature)
+                vector[index] += 1.0 + log(count) if count > 1 else 1.0
         # Only touched slots are non-zero; summing them in index order equals summing all of them.
-        touched = sorted(seen)
+        touched = [i for i, value in enumerate(vector) if value]
         norm = math.sqrt(sum([vector[i] * vector[i] for i in touched])) or 1.0
         unit = [0.0] * self.dimensions
         for i in touched:

@@ -123,7 +123,7 @@ _SUBTASK_CONTEXT = (
     select(SUBTASKS.c.task_id, SUBTASKS.c.seq, SUBTASKS.c.title, SUBTASKS.c.description, SUBTASKS.c.category,
            SUBTASKS.c.depends_on, SUBTASKS.c.status, SUBTASKS.c.expected_output, SUBTASKS.c.specialized_ai_id,
            TASKS.c.title.label("task_title"), TASKS.c.description.label("task_description"),
-           TASKS.c.status.label("task_status"),
+           TASKS.c.status.label("task_status"), TASKS.c.conversation_id,
            select(func.count()).select_from(_SIBLINGS_OF).where(_SIBLINGS_OF.c.task_id == SUBTASKS.c.task_id)
            .scalar_subquery().label("subtasks"))
     .join(TASKS, TASKS.c.id == SUBTASKS.c.task_id)
@@ -543,6 +543,8 @@ class Engine:
             prompt = _subtask_prompt(subtask.task_title, subtask.task_description, subtask, context)
             threshold = self._settings.threshold_for(subtask.category)
             alone = int(subtask.subtasks) == 1
+            # Only a task asked in a chat conversation can have earlier answers to drift from.
+            in_conversation = subtask.conversation_id is not None
         system = system_with_instructions(executor_role.system_prompt, instructions)
         self._publish("subtask.started", task_id, {"subtask_id": subtask_id})
 
@@ -571,7 +573,7 @@ class Engine:
         if validator_data is None:
             report = await ctx.step("check", lambda: self._check(
                 task_id=task_id, subtask_id=subtask_id, checked=executor, prompt=prompt, context=context, answer=answer,
-                references=(), execution=execution), lazy=True)
+                references=(), execution=execution, in_conversation=in_conversation), lazy=True)
             self._publish_suspect(task_id, subtask_id, report, handled_by="none")
             return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
                                               alone=alone, executor=executor, execution=execution, final=answer,
@@ -612,7 +614,7 @@ class Engine:
         # attempt dies before it.
         report = await ctx.step("check", lambda: self._check(
             task_id=task_id, subtask_id=subtask_id, checked=executor, prompt=prompt, context=context, answer=answer,
-            references=(str(reference["text"]),), execution=execution), lazy=True)
+            references=(str(reference["text"]),), execution=execution, in_conversation=in_conversation), lazy=True)
         validation["hallucination"] = report
         if divergence.pct <= threshold:
             final, replaced_by = answer, None
@@ -621,7 +623,8 @@ class Engine:
                 recovery = await self._recover(
                     ctx, task_id=task_id, subtask_id=subtask_id, category=category, system=system, prompt=prompt,
                     context=context, executor=executor, validator=validator, reference=str(reference["text"]),
-                    report=report, temperature=executor_role.temperature, max_tokens=executor_role.max_tokens)
+                    report=report, temperature=executor_role.temperature, max_tokens=executor_role.max_tokens,
+                    in_conversation=in_conversation)
                 report["recovery"] = {k: v for k, v in recovery.items() if k != "candidate"}
                 if recovery["kept"] == "retry":
                     final, replaced_by = str(recovery["text"]), recovery["candidate"]
@@ -867,11 +870,12 @@ class Engine:
                                                                "is_loaded": choice.candidate.is_loaded}
 
     async def _check(self, *, task_id: int, subtask_id: int, checked: Candidate, prompt: str, context: str,
-                     answer: str, references: tuple[str, ...], execution: dict[str, Any] | None) -> dict[str, Any]:
+                     answer: str, references: tuple[str, ...], execution: dict[str, Any] | None,
+                     in_conversation: bool) -> dict[str, Any]:
         """The hallucination report on one answer (bot/engine/suspicion.py), logged with its evidence."""
         async with self._read() as reads:
             passages = await self._knowledge.passages(reads, prompt)
-            earlier = await suspicion.earlier_answers(reads, task_id)
+            earlier = await suspicion.earlier_answers(reads, task_id) if in_conversation else []
         report = await self._checker.check(suspicion.check_input(
             prompt=prompt, context=context, answer=answer, references=references, knowledge=passages,
             stream=(execution or {}).get("stream"), earlier=earlier))
@@ -886,7 +890,8 @@ class Engine:
 
     async def _recover(self, ctx: JobContext, *, task_id: int, subtask_id: int, category: str, system: str,
                        prompt: str, context: str, executor: Candidate, validator: Candidate, reference: str,
-                       report: dict[str, Any], temperature: float, max_tokens: int | None) -> dict[str, Any]:
+                       report: dict[str, Any], temperature: float, max_tokens: int | None,
+                       in_conversation: bool) -> dict[str, Any]:
         """A suspect answer the validator agreed with: another model answers the saved request; the better stays.
 
         Without a third model the validator's own independent answer is the alternative.
@@ -907,7 +912,7 @@ class Engine:
             source, text, references = "retry by another model", str(got["text"]), (reference,)
         retry_report = await ctx.step("recover.check", lambda: self._check(
             task_id=task_id, subtask_id=subtask_id, checked=candidate, prompt=prompt, context=context, answer=text,
-            references=references, execution=None), lazy=True)
+            references=references, execution=None, in_conversation=in_conversation), lazy=True)
         kept = "retry" if suspicion.keep_retry(report, retry_report) else "original"
         recovery = {"model": candidate.key, "model_id": candidate.model_id, "source": source, "text": text,
                     "report": retry_report, "kept": kept, "candidate": candidate}
@@ -1064,7 +1069,7 @@ class Engine:
         """Tell the monitor a model is in use on every provider that may serve it (never unloaded)."""
         stack = contextlib.ExitStack()
         if self._monitor_state is not None:
-            for deployment in self._router.groups().get(model, []):
+            for deployment in self._router.deployments(model):
                 stack.enter_context(self._monitor_state.using_model(deployment.provider.name, deployment.model))
         return stack
 

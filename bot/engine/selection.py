@@ -112,7 +112,7 @@ def family_of(key: str, declared: str | None) -> str:
 
 async def load_candidates(session: Reads, *, router: Router) -> list[Candidate]:
     """Enabled chat models of enabled providers that the router can reach."""
-    routable = set(router.groups())
+    routable = router.group_names()
     candidates = []
     for row in await session.execute(_CANDIDATES):
         capabilities = row.capabilities or {}
@@ -141,7 +141,7 @@ class CandidateCache:
 
     async def get(self, session: Reads, *, router: Router) -> list[Candidate]:
         """The current candidates (a fresh read when stale or when the router's models changed)."""
-        routable = frozenset(router.groups())
+        routable = router.group_names()
         now = time.monotonic()
         if now - self._loaded_at >= self.ttl_s or routable != self._routable:
             self._candidates = await load_candidates(session, router=router)

@@ -113,8 +113,8 @@ async def knowledge_passages(session: Reads, question: str) -> list[str]:
 MAX_EARLIER = 3
 _CURRENT, _EARLIER = aliased(Task), aliased(Task)
 # Earlier answers to the same question in the same chat conversation (a follow-up asked again in
-# a task's thread): what the drift detector compares with. A task outside a conversation matches
-# nothing, so the hot path pays one primary-key lookup.
+# a task's thread): what the drift detector compares with. The engine does not ask for a task
+# outside a conversation (it would match nothing).
 _EARLIER_ANSWERS = (
     select(_EARLIER.result)
     .join(_CURRENT, (_EARLIER.conversation_id == _CURRENT.conversation_id) & (_EARLIER.title == _CURRENT.title)

@@ -335,7 +335,7 @@ class _Attempts:
             )
         tried = ", ".join(dict.fromkeys(self.attempted)) or "none"
         detail = f"; last error: {err.message}" if err is not None else ""
-        if not self._router.groups().get(group) and not self.attempted:
+        if not self._router.deployments(group) and not self.attempted:
             detail = "; no provider serves it"
         return NoDeploymentAvailableError(
             f"no deployment could answer for model {group!r} (tried: {tried}){detail}",
@@ -362,6 +362,7 @@ class Router:
         # A counter, not the clock: two picks within one clock tick still rotate in order.
         self._picks = itertools.count(1)
         self._groups: dict[str, list[Deployment]] = {}
+        self._names: frozenset[str] = frozenset()
         self._states: dict[str, _State] = {}
         for deployment in deployments:
             self.add(deployment)
@@ -374,6 +375,7 @@ class Router:
         if all(existing.id != deployment.id for existing in members):
             members.append(deployment)
         self._states.setdefault(deployment.id, _State())
+        self._names = frozenset(self._groups)
 
     def remove(self, deployment_id: str) -> None:
         """Stop routing to a deployment (e.g. its model vanished)."""
@@ -381,10 +383,19 @@ class Router:
             self._groups[group] = [d for d in members if d.id != deployment_id]
             if not self._groups[group]:
                 del self._groups[group]
+        self._names = frozenset(self._groups)
 
     def groups(self) -> dict[str, list[Deployment]]:
         """Every group and its deployments."""
         return {name: list(members) for name, members in self._groups.items()}
+
+    def group_names(self) -> frozenset[str]:
+        """The routable groups: what every model choice checks, so kept rather than copied."""
+        return self._names
+
+    def deployments(self, group: str) -> tuple[Deployment, ...]:
+        """The deployments serving `group` (none when it is not routable)."""
+        return tuple(self._groups.get(group, ()))
 
     def group_plan(self, group: str) -> list[str]:
         """The group followed by its fallback chain (each group once, in order)."""
@@ -557,7 +568,10 @@ class Router:
                 if waiting_first and first_token_s is not None and (timeout is None or first_token_s < timeout):
                     timeout, is_first_token_wait = first_token_s, True
                 try:
-                    delta = await asyncio.wait_for(anext(iterator), timeout)
+                    # A timeout scope, not wait_for: wait_for ran every delta in a task of its own,
+                    # a task per token (most of the router's cost per streamed answer).
+                    async with asyncio.timeout(timeout):
+                        delta = await anext(iterator)
                 except StopAsyncIteration:
                     return
                 except TimeoutError as err:
@@ -584,7 +598,11 @@ class Router:
         return remaining
 
     def _state(self, deployment: Deployment) -> _State:
-        return self._states.setdefault(deployment.id, _State())
+        # Not setdefault: that built a _State (and its deque) on every call, hundreds per subtask.
+        state = self._states.get(deployment.id)
+        if state is None:
+            state = self._states[deployment.id] = _State()
+        return state
 
     def _cooling(self, deployment: Deployment, now: float) -> bool:
         return self._state(deployment).cooldown_until > now
