@@ -4,6 +4,7 @@ clear refusals (newer, older, half-applied, unreachable)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -93,8 +94,8 @@ async def test_up_down_up_is_clean_and_idempotent(db_url: str, tmp_path: Path) -
     first = await upgrade_to_head(db_url, backup_dir=None)
     assert first.from_revision is None
     assert first.to_revision == head_revision()
-    assert first.applied == ("0001", "0002", "0003")
-    assert head_revision() == "0003"
+    assert first.applied == ("0001", "0002", "0003", "0004")
+    assert head_revision() == "0004"
     assert set(Base.metadata.tables) <= await _tables(db_url)
 
     again = await upgrade_to_head(db_url, backup_dir=None)
@@ -121,7 +122,7 @@ async def test_up_down_up_is_clean_and_idempotent(db_url: str, tmp_path: Path) -
     assert "orchestrator migrate" in older.value.hint
 
     up = await upgrade_to_head(db_url, backup_dir=None)
-    assert up.applied == ("0001", "0002", "0003")
+    assert up.applied == ("0001", "0002", "0003", "0004")
     assert set(Base.metadata.tables) <= await _tables(db_url)
 
 
@@ -202,6 +203,32 @@ async def test_the_engine_query_indexes_exist(shared_db: str) -> None:
     assert ("model_id", "category") in reflected["ai_quality_metrics"]["uniques"]
     assert ("provider_id", "model_key") in reflected["ai_models"]["uniques"]
     assert ("platform", "platform_user_id") in reflected["user_identities"]["uniques"]
+
+
+async def test_sparse_indexes_leave_out_null_rows_on_sqlite_and_still_serve_lookups(sqlite_url: str) -> None:
+    """A row written with the column NULL adds nothing to its index; a lookup by value uses it."""
+    await upgrade_to_head(sqlite_url, backup_dir=None)
+    path = sqlite_url.split("///", 1)[1]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        sql = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+        for name, column in (("ix_tasks_template_id", "template_id"), ("ix_jobs_lease_owner", "lease_owner"),
+                             ("ix_subtasks_executor_model_id", "executor_model_id"),
+                             ("ix_credit_usage_account_id_at", "account_id")):
+            assert sql[name].endswith(f"WHERE {column} IS NOT NULL"), sql[name]
+        db.execute("INSERT INTO tasks (title, description, status, priority, origin, created_at, updated_at) "
+                    "VALUES ('t', '', 'pending', 0, '{}', '2026-01-01', '2026-01-01')")
+        db.commit()
+        # Counting an index's entries: the NULL row is not among them.
+        assert db.execute("SELECT count(*) FROM tasks INDEXED BY ix_tasks_template_id "
+                          "WHERE template_id IS NOT NULL").fetchone() == (0,)
+        for query, index in (("SELECT id FROM tasks WHERE template_id = 3", "ix_tasks_template_id"),
+                             ("SELECT id FROM jobs WHERE lease_expires_at < '2026-01-01'",
+                              "ix_jobs_lease_expires_at"),
+                             ("SELECT id FROM jobs WHERE lease_owner = 'w1'", "ix_jobs_lease_owner"),
+                             ("SELECT id FROM subtasks WHERE validator_model_id = 2",
+                              "ix_subtasks_validator_model_id")):
+            plan = " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {query}"))
+            assert index in plan, (query, plan)
 
 
 async def test_models_and_migrations_agree(shared_db: str) -> None:

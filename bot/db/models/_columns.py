@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Integer, LargeBinary, Numeric, String, Text
+from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, LargeBinary, Numeric, String, Text, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import MappedColumn, mapped_column
 
@@ -55,3 +55,14 @@ def enum_column(enum_type: type[enum.Enum], *, default: enum.Enum | None = None,
         kwargs.setdefault("server_default", str(default.value))
         kwargs.setdefault("default", default)
     return mapped_column(column_type, **kwargs)
+
+
+def sparse_index(*columns: str, name: str | None = None) -> Index:
+    """An index on a column that is NULL in most rows when they are written (an optional link, a lease).
+
+    On SQLite it leaves the NULL rows out (a partial index): each index an insert touches is one
+    more page in the commit's write-ahead log, and a task's submit wrote 25 of them. Lookups
+    (`col = ?`, `col < ?`) still use it, since they imply `col IS NOT NULL`. MariaDB has no
+    partial indexes and indexes every row.
+    """
+    return Index(name, *columns, sqlite_where=text(f"{columns[0]} IS NOT NULL"))

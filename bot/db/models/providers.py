@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, Float, Index, String, Text, UniqueConstraint,
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot.db.base import Base, TimestampMixin, utcnow
-from bot.db.models._columns import Key, Money, enum_column, foreign_key, primary_key
+from bot.db.models._columns import Key, Money, enum_column, foreign_key, primary_key, sparse_index
 from bot.db.models.enums import AiRole, DiscoveryEvent, HealthStatus, ProviderKind
 
 
@@ -95,7 +95,7 @@ class CreditUsage(Base):
     __tablename__ = "credit_usage"
     __table_args__ = (
         Index(None, "provider_id", "at"),
-        Index(None, "account_id", "at"),
+        sparse_index("account_id", "at"),
         Index(None, "model_id", "at"),
     )
 

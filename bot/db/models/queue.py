@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.db.base import Base, BigIntPK, utcnow
-from bot.db.models._columns import BigIntFK, LongText
+from bot.db.models._columns import BigIntFK, LongText, sparse_index
 
 # Job states. Terminal: succeeded, cancelled, dead. `failed` is not stored: a failed attempt goes
 # back to `queued` with a later `available_at`, or to `dead` when its attempts are used up.
@@ -49,9 +49,9 @@ class Job(Base):
     __table_args__ = (
         # The claim query: status = queued, highest priority first, then oldest.
         Index("ix_jobs_claim", "status", "priority", "available_at", "id"),
-        Index("ix_jobs_lease_expires_at", "lease_expires_at"),
-        Index("ix_jobs_deadline_at", "deadline_at"),
-        Index("ix_jobs_lease_owner", "lease_owner"),
+        sparse_index("lease_expires_at", name="ix_jobs_lease_expires_at"),
+        sparse_index("deadline_at", name="ix_jobs_deadline_at"),
+        sparse_index("lease_owner", name="ix_jobs_lease_owner"),
         Index("ix_jobs_task_id", "task_id"),
         Index("ix_jobs_subtask_id", "subtask_id"),
         UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),

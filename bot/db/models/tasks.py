@@ -13,7 +13,16 @@ from sqlalchemy import Float, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot.db.base import Base, TimestampMixin, utcnow
-from bot.db.models._columns import BigIntFK, Key, LongText, ShortKey, enum_column, foreign_key, primary_key
+from bot.db.models._columns import (
+    BigIntFK,
+    Key,
+    LongText,
+    ShortKey,
+    enum_column,
+    foreign_key,
+    primary_key,
+    sparse_index,
+)
 from bot.db.models.enums import LogLevel, SubtaskStatus, TaskStatus
 
 if TYPE_CHECKING:
@@ -26,8 +35,11 @@ class Task(TimestampMixin, Base):
     __tablename__ = "tasks"
     __table_args__ = (
         Index(None, "status", "priority", "created_at"),
-        Index(None, "user_id", "created_at"),
-        Index(None, "category", "status"),
+        sparse_index("user_id", "created_at"),
+        sparse_index("category", "status"),
+        sparse_index("template_id"),
+        sparse_index("workflow_id"),
+        sparse_index("conversation_id"),
     )
 
     id: Mapped[int] = primary_key()
@@ -38,11 +50,9 @@ class Task(TimestampMixin, Base):
     # Higher runs first (urgency); 0 is normal.
     priority: Mapped[int] = mapped_column(default=0, server_default="0")
     category: Mapped[str | None] = mapped_column(ShortKey)
-    template_id: Mapped[int | None] = foreign_key("ai_templates.id", ondelete="SET NULL", nullable=True, index=True)
-    workflow_id: Mapped[int | None] = foreign_key("ai_workflows.id", ondelete="SET NULL", nullable=True, index=True)
-    conversation_id: Mapped[int | None] = foreign_key(
-        "chat_conversations.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    template_id: Mapped[int | None] = foreign_key("ai_templates.id", ondelete="SET NULL", nullable=True)
+    workflow_id: Mapped[int | None] = foreign_key("ai_workflows.id", ondelete="SET NULL", nullable=True)
+    conversation_id: Mapped[int | None] = foreign_key("chat_conversations.id", ondelete="SET NULL", nullable=True)
     result: Mapped[str | None] = mapped_column(LongText)
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(Key, unique=True)
@@ -73,6 +83,10 @@ class Subtask(TimestampMixin, Base):
         UniqueConstraint("task_id", "seq"),
         Index(None, "task_id", "status"),
         Index(None, "status", "priority", "created_at"),
+        sparse_index("specialized_ai_id"),
+        sparse_index("executor_model_id"),
+        sparse_index("validator_model_id"),
+        sparse_index("tiebreaker_model_id"),
     )
 
     id: Mapped[int] = primary_key()
@@ -86,14 +100,10 @@ class Subtask(TimestampMixin, Base):
     status: Mapped[SubtaskStatus] = enum_column(SubtaskStatus, default=SubtaskStatus.PENDING)
     priority: Mapped[int] = mapped_column(default=0, server_default="0")
     expected_output: Mapped[str | None] = mapped_column(Text)
-    specialized_ai_id: Mapped[int | None] = foreign_key(
-        "specialized_ais.id", ondelete="SET NULL", nullable=True, index=True
-    )
-    executor_model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True, index=True)
-    validator_model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True, index=True)
-    tiebreaker_model_id: Mapped[int | None] = foreign_key(
-        "ai_models.id", ondelete="SET NULL", nullable=True, index=True
-    )
+    specialized_ai_id: Mapped[int | None] = foreign_key("specialized_ais.id", ondelete="SET NULL", nullable=True)
+    executor_model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True)
+    validator_model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True)
+    tiebreaker_model_id: Mapped[int | None] = foreign_key("ai_models.id", ondelete="SET NULL", nullable=True)
     result: Mapped[str | None] = mapped_column(LongText)
     # The validator's structured verdict (score, decision, issues) and the tie-break, if any.
     validation: Mapped[dict[str, Any] | None]
