@@ -80,24 +80,23 @@ class LexicalEmbedder:
     def _vector(self, text: str) -> list[float]:
         words = [w.lower() for w in _WORD.findall(text)]
         joined = " ".join(words)
-        trigrams = [joined[i:i + 3] for i in range(max(0, len(joined) - 2))]
-        vector = [0.0] * self.dimensions
-        # Words first, then trigrams, each in first-seen order: colliding features add up in the
-        # same order as ever, so the vectors (and every score computed from them) stay identical.
-        log = math.log
+        trigrams = [joined[i:i + 3] for i in range(len(joined) - 2)]
+        # Weights by slot, summed in first-seen order (words, then trigrams): colliding features
+        # add up in the same order as ever, so the vectors and every score from them stay identical.
+        weights: dict[int, float] = {}
+        get, log = weights.get, math.log
         for prefix, memo, features in (("w:", self._word_slots, Counter(words)),
                                        ("c:", self._gram_slots, Counter(trigrams))):
             for feature, count in features.items():
                 index = memo.get(feature)
                 if index is None:
                     index = memo[feature] = self._slot(prefix + feature)
-                vector[index] += 1.0 + log(count) if count > 1 else 1.0
-        # Only touched slots are non-zero; summing them in index order equals summing all of them.
-        touched = [i for i, value in enumerate(vector) if value]
-        norm = math.sqrt(sum([vector[i] * vector[i] for i in touched])) or 1.0
+                weights[index] = get(index, 0.0) + (1.0 + log(count) if count > 1 else 1.0)
+        touched = sorted(weights)
+        norm = math.sqrt(sum([weights[i] * weights[i] for i in touched])) or 1.0
         unit = [0.0] * self.dimensions
         for i in touched:
-            unit[i] = vector[i] / norm
+            unit[i] = weights[i] / norm
         return unit
 
 

@@ -59,6 +59,15 @@ def test_url_passwords_and_bearer_tokens_in_free_text() -> None:
     assert "abcdefghijkl" not in text
 
 
+def test_credentials_are_found_in_every_spelling_the_case_blind_pattern_matches() -> None:
+    """The quick test that skips the pattern must not skip a text the pattern would match."""
+    for text in ("BEARER abcdefghijkl", "bEaReR abcdefghijkl", "Basic QWxhZGRpbjpvcGVu",
+                 "baſic QWxhZGRpbjpvcGVu", "basİc QWxhZGRpbjpvcGVu", "basıc QWxhZGRpbjpvcGVu — in a sentence"):
+        redacted = redact_text(text)
+        assert "QWxhZGRpbjpvcGVu" not in redacted and "abcdefghijkl" not in redacted, text
+    assert redact_text("plain — text, no credentials, no links") == "plain — text, no credentials, no links"
+
+
 def test_console_format_is_readable() -> None:
     stream = io.StringIO()
     configure_logging(level="INFO", fmt="console", stream=stream)

@@ -624,7 +624,7 @@ class Router:
             state = self._state(deployment)
             return ((state.in_flight + 1) / deployment.weight, state.last_picked, self._rng.random())
 
-        chosen = min(pool, key=load)
+        chosen = pool[0] if len(pool) == 1 else min(pool, key=load)
         self._state(chosen).last_picked = next(self._picks)
         return chosen
 
