@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -41,6 +42,7 @@ CONCURRENCY = (1, 16, 64)
 _REPO = str(Path(__file__).resolve().parent.parent)
 AGREE = "The capital of France is Paris."
 DISAGREE = "The capital of France is Lyon."
+_ASKED = re.compile(r"#(\d+)")
 
 
 def _mariadb_up() -> bool:
@@ -52,23 +54,43 @@ def _mariadb_up() -> bool:
 
 
 def _script_peer(fake: Any) -> None:
-    """Three models; alpha answers wrongly one time in ten, so a third model breaks that tie."""
+    """Three models; alpha answers wrongly one time in ten, so a third model breaks that tie.
+
+    Every answer names the question it answers, and the executor and the reference word it
+    differently, so no two answers in a run are the same text (as with real models): work that is
+    done once per text (embedding one) cannot look cheaper here than it is.
+    """
     verdict = {"score": 90, "verdict": "approve", "issues": [], "summary": ""}
     judgement = {"winner": "alternative", "score": 90, "verdict": "approve", "reasons": ["r"], "merged_result": None}
     counter = {"n": 0}
 
+    def asked(body: dict[str, Any]) -> str:
+        found = _ASKED.findall(str((body.get("messages") or [{}])[-1].get("content", "")))
+        return found[0] if found else "?"
+
+    def schema_title(body: dict[str, Any]) -> Any:
+        return ((body.get("response_format") or {}).get("json_schema") or {}).get("schema", {}).get("title")
+
     def executor(body: dict[str, Any]) -> str:
-        title = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema", {}).get("title")
+        title = schema_title(body)
         if title == "Verdict":
             return json.dumps(verdict)
         if title == "Judgement":
             return json.dumps(judgement)
         counter["n"] += 1
-        return DISAGREE if counter["n"] % 10 == 0 else AGREE
+        return f"{DISAGREE if counter['n'] % 10 == 0 else AGREE} (Question #{asked(body)}.)"
+
+    def reviewer(body: dict[str, Any]) -> str:
+        title = schema_title(body)
+        if title == "Verdict":
+            return json.dumps(verdict)
+        if title == "Judgement":
+            return json.dumps(judgement)
+        return f"{AGREE[:-1]}, as asked in question #{asked(body)}."
 
     fake.script("alpha-7b", family="qwen", responder=executor)
-    fake.script("beta-3b", answer=AGREE, family="llama", structured={"Verdict": verdict, "Judgement": judgement})
-    fake.script("gamma-9b", answer=AGREE, family="gemma", structured={"Verdict": verdict, "Judgement": judgement})
+    fake.script("beta-3b", family="llama", responder=reviewer)
+    fake.script("gamma-9b", family="gemma", responder=reviewer)
 
 
 async def _serve_peer() -> None:
