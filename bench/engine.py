@@ -158,6 +158,7 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
                processes: int = 1) -> dict[str, float]:
     from sqlalchemy import func, select, update
 
+    from bot.aio import freeze_startup_heap
     from bot.db.engine import create_engine, session_factory
     from bot.db.migrate import upgrade_to_head
     from bot.db.models import AiProvider, ExecutionLog, QueueWorker, Task
@@ -184,6 +185,7 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
         runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, embedder=LexicalEmbedder(),
                                 worker_id=f"bench-{uuid.uuid4().hex[:6]}", bus=EventBus())
         await runtime.start()
+        freeze_startup_heap()  # as the daemon does once it is ready
         workers: list[asyncio.subprocess.Process] = []
         try:
             assert runtime.engine is not None and runtime.worker is not None
