@@ -6,12 +6,14 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from bot.db.base import utcnow
 from bot.db.engine import create_engine
 from bot.engine.queue import (
     JobContext,
@@ -272,6 +274,37 @@ async def test_timeout_recovery_by_another_daemon(engine: AsyncEngine) -> None:
 
     await wait_for(reclaimed, timeout=6)
     assert "timed out" in ((await queue.get(job_id)).error or "")
+
+
+async def test_work_queued_by_another_process_is_noticed_by_probing_not_after_the_poll(
+    engine: AsyncEngine, queue_url: str  # noqa: F811  (a fixture)
+) -> None:
+    """Another process's enqueue wakes nobody here: an idle worker finds it within a probe interval."""
+    worker_queue = JobQueue(engine)
+    started: list[float] = []
+
+    async def handler(ctx: JobContext) -> dict[str, Any]:
+        started.append(time.monotonic())
+        return {}
+
+    running = RunningWorker(Worker(queue=worker_queue, handlers={KIND: handler}, poll_s=60.0, probe_s=0.05))
+    await asyncio.sleep(0.3)  # idle: its first claim found nothing and it is waiting
+    other_engine = create_engine(queue_url)  # a second engine: another process's connections
+    try:
+        queued_at = time.monotonic()
+        await JobQueue(other_engine).enqueue(spec("from-elsewhere"))
+        await wait_for(lambda: asyncio.sleep(0, bool(started)), timeout=10)
+    finally:
+        await running.stop()
+        await other_engine.dispose()
+    assert started[0] - queued_at < 5.0  # long before the 60 s poll
+    # Not due yet (a retry's back-off): the probe does not count it.
+    assert not await worker_queue.has_claimable([KIND])
+    await worker_queue.enqueue(spec("later", available_at=utcnow() + timedelta(hours=1)))
+    assert not await worker_queue.has_claimable([KIND])
+    await worker_queue.enqueue(spec("now"))
+    assert await worker_queue.has_claimable([KIND])
+    assert not await worker_queue.has_claimable(["another.kind"])
 
 
 async def test_worker_timeout_retries_then_succeeds(engine: AsyncEngine) -> None:

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql import Executable
 
 from bot.db.base import utcnow
-from bot.db.engine import JSONText, is_sqlite, sqlite_writer
+from bot.db.engine import JSONText, is_sqlite, read_connection, sqlite_writer
 from bot.db.models.queue import (
     CHECKPOINT_PARTIAL,
     CHECKPOINT_STEP,
@@ -393,6 +393,7 @@ class JobQueue:
         self._insert_jobs: Any = self._insert_ignoring_duplicates()
         self._checkpoint_upsert: Any = self._upsert_checkpoint()
         self._claim_queries: dict[tuple[Any, ...], Any] = {}
+        self._probe_queries: dict[tuple[str, ...] | None, Any] = {}
         # A seam for crash tests and tracing: called at named commit boundaries.
         self._boundary = boundary_hook or _no_boundary
 
@@ -588,6 +589,25 @@ class JobQueue:
             self._boundary("claim.before_commit", claimed[0].id if claimed else 0)
         self._boundary("claim.after_commit", claimed[0].id if claimed else 0)
         return claimed
+
+    async def has_claimable(self, kinds: Iterable[str] | None = None) -> bool:
+        """Whether some job is queued and due: a read, without the write lock a claim takes.
+
+        Other processes' new jobs wake nobody here; a worker with free slots asks this often and
+        claims only when it says yes (bot/engine/queue/worker.py).
+        """
+        kind_list = None if kinds is None else tuple(sorted(set(kinds)))
+        query = self._probe_queries.get(kind_list)
+        if query is None:
+            query = select(JOBS.c.id).where(
+                JOBS.c.status == JOB_QUEUED, JOBS.c.available_at <= bindparam("b_now", type_=JOBS.c.available_at.type))
+            if kind_list is not None:
+                query = query.where(JOBS.c.kind.in_(kind_list))
+            query = query.limit(1)
+            if len(self._probe_queries) < 16:
+                self._probe_queries[kind_list] = query
+        async with read_connection(self.engine) as connection:
+            return (await connection.execute(query, {"b_now": utcnow()})).first() is not None
 
     def _claim_query(self, kinds: tuple[str, ...] | None, full: tuple[str, ...]) -> Any:
         """The claim's SELECT for these kinds and full providers, built once per combination."""

@@ -198,6 +198,7 @@ class Worker:
         heartbeat_s: float | None = None,
         reclaim_s: float | None = None,
         poll_s: float = 0.5,
+        probe_s: float = 0.05,
         admission: Admission | None = None,
         on_event: EventCallback | None = None,
         recover_local_dead_workers: bool = True,
@@ -214,6 +215,7 @@ class Worker:
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else queue.lease_s / 3
         self.reclaim_s = reclaim_s if reclaim_s is not None else queue.lease_s / 2
         self.poll_s = poll_s
+        self.probe_s = probe_s
         self.admission = admission
         self.on_event = on_event
         self.recover_local_dead_workers = recover_local_dead_workers
@@ -324,8 +326,31 @@ class Worker:
                     self._start(job)
             if claimed and len(claimed) == free:
                 continue  # maybe more work waiting: claim again as soon as a slot frees
+            await self._wait_for_work(kinds)
+
+    async def _wait_for_work(self, kinds: list[str]) -> None:
+        """Until woken (a slot freed, this process queued work), work is due, or `poll_s` passed.
+
+        Jobs queued by other processes (an `orchestrator worker` beside the daemon, daemons sharing
+        MariaDB) wake nobody here. Waiting `poll_s` for them left a worker process idle for up to
+        half a second after work arrived; instead, while it has free slots, it asks every
+        `probe_s` whether anything is due (a read: no write lock, unlike a claim).
+        """
+        deadline = time.monotonic() + self.poll_s
+        while not self._stopping:
+            wait = min(self.probe_s, deadline - time.monotonic())
+            if wait <= 0:
+                return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                return
+            if self.concurrency - len(self._inflight) <= 0 or (self.admission is not None and not self.admission()):
+                continue
+            try:
+                if await self.queue.has_claimable(kinds):
+                    return
+            except (DBAPIError, OSError):
+                return  # the claim reports it and waits
 
     def _provider_slots(self) -> dict[str, int]:
         if not self.provider_limits:
