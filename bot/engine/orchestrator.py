@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy import Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.db.base import utcnow
 from bot.db.engine import JSONText, Reads, lazy_reads
@@ -281,24 +281,25 @@ class Engine:
             raise EngineError("the task description is longer than 100,000 characters")
 
         async def create() -> tuple[int, bool]:
-            async with self._queue.session() as session:
+            # Plain rows go through Core (a submit is one short transaction on the queue's writer,
+            # holding SQLite's write lock); rendering a template or a workflow's plan needs the ORM.
+            orm = bool(template) or workflow_id is not None
+            async with self._queue.session() if orm else self._queue.transaction() as db:
                 if idempotency_key:
-                    existing = await session.scalar(
-                        select(TASKS.c.id).where(TASKS.c.idempotency_key == idempotency_key))
+                    existing = await db.scalar(select(TASKS.c.id).where(TASKS.c.idempotency_key == idempotency_key))
                     if existing is not None:
                         return int(existing), False
                 text, kind = description, category
                 if template:
-                    rendered, template_category = await render_template(session, name=template,
+                    rendered, template_category = await render_template(cast(AsyncSession, db), name=template,
                                                                         variables=variables or {})
                     text, kind = f"{rendered}\n\n{description}".strip(), category or template_category
                 if workflow_id is not None:  # checked (steps, templates, variables) before anything is queued
-                    task = await new_workflow_task(session, workflow_id=workflow_id, input_text=text, title=title,
-                                                   user_id=user_id, priority=priority, origin=origin,
+                    task = await new_workflow_task(cast(AsyncSession, db), workflow_id=workflow_id, input_text=text,
+                                                   title=title, user_id=user_id, priority=priority, origin=origin,
                                                    idempotency_key=idempotency_key)
                     return task.id, True
-                # Core rows, not ORM objects: a submit is one short transaction on the queue's writer.
-                return await self._insert_task(session, title=title, description=text, user_id=user_id,
+                return await self._insert_task(db, title=title, description=text, user_id=user_id,
                                                priority=priority, category=kind, origin=origin or {},
                                                idempotency_key=idempotency_key, single_step=single_step,
                                                conversation_id=conversation_id), True
@@ -316,9 +317,9 @@ class Engine:
         self._publish("task.created", task_id, {"title": title})
         return SubmittedTask(task_id, True)
 
-    async def _insert_task(self, session: AsyncSession, *, title: str, description: str, user_id: int | None,
-                           priority: int, category: str | None, origin: dict[str, Any], idempotency_key: str | None,
-                           single_step: bool, conversation_id: int | None = None) -> int:
+    async def _insert_task(self, session: AsyncSession | AsyncConnection, *, title: str, description: str,
+                           user_id: int | None, priority: int, category: str | None, origin: dict[str, Any],
+                           idempotency_key: str | None, single_step: bool, conversation_id: int | None = None) -> int:
         """The task row; a single-step task also gets its one subtask, already queued."""
         now = utcnow()
         inserted = await session.execute(_INSERT_TASK, {

@@ -453,6 +453,16 @@ class JobQueue:
             delay = min(delay * 2, 0.05)
 
     @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """`session` without the ORM: Core statements in one short write transaction.
+
+        For hot writes of plain rows (a submit): an ORM session's setup and flush cost more than
+        the inserts, and on SQLite all of it ran while holding the database's one write lock.
+        """
+        async with self._write() as connection:
+            yield connection
+
+    @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """An ORM session in one short write transaction that commits on exit.
 
