@@ -9,6 +9,7 @@ with `SELECT … FOR UPDATE SKIP LOCKED` (MariaDB ≥ 10.6, MySQL ≥ 8.0).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
@@ -25,7 +26,10 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from bot.db.errors import DatabaseUnreachableError, UnsupportedDatabaseError
+from bot.logs import get_logger
 from bot.settings import DatabaseSettings, redact_url
+
+log = get_logger(__name__)
 
 MIN_MARIADB = (10, 6)
 MIN_MYSQL = (8, 0)
@@ -121,7 +125,7 @@ def create_engine(url: str, *, settings: DatabaseSettings | None = None) -> Asyn
 
 
 def _install_sqlite_pragmas(
-    engine: AsyncEngine, *, busy_timeout_ms: int, query_only: bool = False
+    engine: AsyncEngine, *, busy_timeout_ms: int, query_only: bool = False, autocheckpoint: bool = True
 ) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -133,6 +137,8 @@ def _install_sqlite_pragmas(
             cursor.execute("PRAGMA synchronous=NORMAL")
             if query_only:
                 cursor.execute("PRAGMA query_only=ON")
+            if not autocheckpoint:
+                cursor.execute("PRAGMA wal_autocheckpoint=0")
         finally:
             cursor.close()
 
@@ -180,12 +186,42 @@ class _InlineSqliteConnection(aiosqlite.Connection):
             self._connection = None
 
 
+# Commits by the in-loop writer between two checkpoints of the write-ahead log (in a thread).
+CHECKPOINT_EVERY_COMMITS = 50
+
+
+def _checkpoint(database: str) -> None:
+    """Copy the write-ahead log into the database file without waiting for anyone (PASSIVE)."""
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=0)) as connection:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.Error as err:  # busy or gone: the next one catches up
+        log.debug("wal checkpoint skipped", error=str(err))
+
+
 @dataclass(eq=False)
 class SqliteWriter:
-    """One in-loop connection for all of a database's short queue writes, and their lock."""
+    """One in-loop connection for all of a database's short queue writes, and their lock.
+
+    Its connection never checkpoints the write-ahead log itself: SQLite does that inside the
+    commit that crosses 1,000 pages, copying them and syncing the file, and on this connection
+    that stalled the event loop for milliseconds every few dozen commits. `committed` runs a
+    checkpoint in a thread instead, every `CHECKPOINT_EVERY_COMMITS` commits.
+    """
 
     engine: AsyncEngine
     lock: asyncio.Lock
+    database: str
+    commits: int = 0
+    _checkpointing: asyncio.Future[None] | None = None
+
+    def committed(self) -> None:
+        """Count a commit of this writer; every so many, checkpoint the log off the event loop."""
+        self.commits += 1
+        if self.commits % CHECKPOINT_EVERY_COMMITS or (
+                self._checkpointing is not None and not self._checkpointing.done()):
+            return
+        self._checkpointing = asyncio.get_running_loop().run_in_executor(None, _checkpoint, self.database)
 
 
 _writers: weakref.WeakKeyDictionary[Any, SqliteWriter] = weakref.WeakKeyDictionary()
@@ -309,8 +345,8 @@ def sqlite_writer(engine: AsyncEngine) -> SqliteWriter | None:
     if writer is None:
         # busy timeout 0: no busy handler, so a call never blocks the event loop waiting for a lock.
         inline = _inline_engine(engine, database, busy_timeout_ms=0, pool_size=1)
-        _install_sqlite_pragmas(inline, busy_timeout_ms=0)
-        writer = SqliteWriter(engine=inline, lock=asyncio.Lock())
+        _install_sqlite_pragmas(inline, busy_timeout_ms=0, autocheckpoint=False)
+        writer = SqliteWriter(engine=inline, lock=asyncio.Lock(), database=database)
         _writers[engine.sync_engine] = writer
     return writer
 

@@ -89,3 +89,31 @@ async def test_json_columns_store_pre_serialised_text_as_it_is(tmp_path: Path) -
         await engine.dispose()
     assert stored == {1: '{"a": [1, 2.5, null]}', 2: '{"a": [1, 2.5, null]}', 3: "null", 4: '"plain"'}
     assert loaded == {1: {"a": [1, 2.5, None]}, 2: {"a": [1, 2.5, None]}, 3: None, 4: "plain"}
+
+
+async def test_the_in_loop_writer_leaves_checkpoints_to_a_thread_that_runs_them(tmp_path: Path) -> None:
+    """The writer never checkpoints inside a commit; every so many commits a thread copies the log into the file."""
+    import os
+
+    from bot.db.engine import CHECKPOINT_EVERY_COMMITS, create_engine
+    from bot.db.migrate import upgrade_to_head
+    from bot.engine.queue import JobQueue, JobSpec
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    await upgrade_to_head(url, backup_dir=None)
+    engine = create_engine(url)
+    try:
+        queue = JobQueue(engine)
+        writer = queue._writer
+        assert writer is not None
+        async with writer.engine.connect() as connection:
+            assert (await connection.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
+        file_before = os.path.getsize(tmp_path / "w.db")
+        for index in range(CHECKPOINT_EVERY_COMMITS * 3):
+            await queue.enqueue(JobSpec(kind="k", idempotency_key=f"job-{index}", payload={"text": "x" * 2000}))
+        assert writer._checkpointing is not None
+        await writer._checkpointing
+        # The jobs' pages reached the database file itself, not only the write-ahead log.
+        assert os.path.getsize(tmp_path / "w.db") > file_before
+    finally:
+        await engine.dispose()

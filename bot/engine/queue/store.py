@@ -427,6 +427,7 @@ class JobQueue:
                 await self._begin_immediate(connection)
                 async with _committed(connection):
                     yield connection
+                self._writer.committed()
             finally:
                 await connection.close()
 
