@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.aio import cancel_and_wait
 from bot.db.base import utcnow
-from bot.db.engine import JSONText
+from bot.db.engine import JSONText, read_connection
 from bot.db.models import TaskEvent
 from bot.engine.queue import JobQueue
 from bot.events import Event, EventBus, Subscription
@@ -172,8 +172,8 @@ class EventRelay:
         rows = event_rows(events, origin=self.origin)
         if not rows:
             return
-        async with self._queue.session() as session:
-            await session.execute(_INSERT, rows)
+        async with self._queue.transaction() as connection:
+            await connection.execute(_INSERT, rows)
 
     # -- inbound ------------------------------------------------------------------------------
     async def _inbound(self) -> None:
@@ -198,7 +198,8 @@ class EventRelay:
 
     async def _poll(self) -> bool:
         now = time.monotonic()
-        async with self._engine.connect() as connection:
+        # In-loop on a SQLite file (no thread hops, a few times a second per process), else pooled.
+        async with read_connection(self._engine) as connection:
             rows = list(await connection.execute(_AFTER, {"after": self._last_id, "limit": self.batch}))
             found_gaps = []
             if self._gaps:
@@ -239,6 +240,6 @@ class EventRelay:
             ids = [int(row[0]) for row in await connection.execute(oldest.limit(5000))]
         if not ids:
             return 0
-        async with self._queue.session() as session:
-            await session.execute(delete(TASK_EVENTS).where(TASK_EVENTS.c.id.in_(ids)))
+        async with self._queue.transaction() as connection:
+            await connection.execute(delete(TASK_EVENTS).where(TASK_EVENTS.c.id.in_(ids)))
         return len(ids)

@@ -569,7 +569,7 @@ class Router:
                     timeout, is_first_token_wait = first_token_s, True
                 try:
                     # A timeout scope, not wait_for: wait_for ran every delta in a task of its own,
-                    # a task per token (most of the router's cost per streamed answer).
+                    # a task per token (about twice this scope's cost per delta, measured).
                     async with asyncio.timeout(timeout):
                         delta = await anext(iterator)
                 except StopAsyncIteration:
@@ -598,7 +598,7 @@ class Router:
         return remaining
 
     def _state(self, deployment: Deployment) -> _State:
-        # Not setdefault: that built a _State (and its deque) on every call, hundreds per subtask.
+        # Not setdefault: that built a _State (and its deque) on every call, several per model choice.
         state = self._states.get(deployment.id)
         if state is None:
             state = self._states[deployment.id] = _State()
