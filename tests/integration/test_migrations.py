@@ -94,8 +94,8 @@ async def test_up_down_up_is_clean_and_idempotent(db_url: str, tmp_path: Path) -
     first = await upgrade_to_head(db_url, backup_dir=None)
     assert first.from_revision is None
     assert first.to_revision == head_revision()
-    assert first.applied == ("0001", "0002", "0003", "0004")
-    assert head_revision() == "0004"
+    assert first.applied == ("0001", "0002", "0003", "0004", "0005")
+    assert head_revision() == "0005"
     assert set(Base.metadata.tables) <= await _tables(db_url)
 
     again = await upgrade_to_head(db_url, backup_dir=None)
@@ -122,7 +122,7 @@ async def test_up_down_up_is_clean_and_idempotent(db_url: str, tmp_path: Path) -
     assert "orchestrator migrate" in older.value.hint
 
     up = await upgrade_to_head(db_url, backup_dir=None)
-    assert up.applied == ("0001", "0002", "0003", "0004")
+    assert up.applied == ("0001", "0002", "0003", "0004", "0005")
     assert set(Base.metadata.tables) <= await _tables(db_url)
 
 

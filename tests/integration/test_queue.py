@@ -123,6 +123,26 @@ async def test_claim_orders_by_priority_then_age(engine: AsyncEngine) -> None:
     assert await queue.claim("w3", limit=10) == []
 
 
+async def test_a_claim_reads_its_batch_in_index_order_without_sorting_the_backlog(engine: AsyncEngine) -> None:
+    """The claim's ORDER BY is the claim index's order: no sort over every queued job per claim."""
+    queue = JobQueue(engine)
+    for kinds in (None, (KIND, "other.kind")):
+        claim_sql = str(queue._claim_query(kinds, ()))
+        assert "ORDER BY jobs.priority DESC, jobs.id" in claim_sql
+        # The claim's shape with its values written in (the plan does not depend on them).
+        kind_filter = "" if kinds is None else f" AND kind IN ({', '.join(repr(k) for k in kinds)})"
+        sql = (f"SELECT id, kind, payload, priority, attempts FROM jobs WHERE status = 'queued' "
+               f"AND available_at <= '2999-01-01 00:00:00'{kind_filter} ORDER BY priority DESC, id LIMIT 8")
+        async with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                plan = " ".join(str(row[-1]) for row in await connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+                assert "ix_jobs_claim" in plan and "TEMP B-TREE" not in plan, plan
+            else:
+                rows = (await connection.exec_driver_sql(
+                    f"EXPLAIN {sql} FOR UPDATE SKIP LOCKED")).mappings().all()
+                assert all("filesort" not in str(row["Extra"]) for row in rows), rows
+
+
 async def test_claim_respects_kinds_and_provider_slots(engine: AsyncEngine) -> None:
     queue = JobQueue(engine)
     await queue.enqueue_many(

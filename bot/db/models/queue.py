@@ -47,8 +47,6 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        # The claim query: status = queued, highest priority first, then oldest.
-        Index("ix_jobs_claim", "status", "priority", "available_at", "id"),
         sparse_index("lease_expires_at", name="ix_jobs_lease_expires_at"),
         sparse_index("deadline_at", name="ix_jobs_deadline_at"),
         sparse_index("lease_owner", name="ix_jobs_lease_owner"),
@@ -90,6 +88,14 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+
+# The claim query: status = queued, highest priority first, then oldest — in the index's own order
+# (priority descending), so a claim reads its batch off the front of the index instead of sorting
+# every queued job (it did: a millisecond per claim with 2,500 queued). `available_at` rides along
+# for the "is it due" test.
+Index("ix_jobs_claim", Job.status, Job.priority.desc(), Job.id, Job.available_at)
 
 
 class JobCheckpoint(Base):
