@@ -317,25 +317,25 @@ class Engine:
         self._publish("task.created", task_id, {"title": title})
         return SubmittedTask(task_id, True)
 
-    async def _insert_task(self, session: AsyncSession | AsyncConnection, *, title: str, description: str,
+    async def _insert_task(self, db: AsyncSession | AsyncConnection, *, title: str, description: str,
                            user_id: int | None, priority: int, category: str | None, origin: dict[str, Any],
                            idempotency_key: str | None, single_step: bool, conversation_id: int | None = None) -> int:
         """The task row; a single-step task also gets its one subtask, already queued."""
         now = utcnow()
-        inserted = await session.execute(_INSERT_TASK, {
+        inserted = await db.execute(_INSERT_TASK, {
             "title": title, "description": description, "user_id": user_id, "priority": priority,
             "category": category, "origin": origin, "idempotency_key": idempotency_key,
             "conversation_id": conversation_id, "status": TaskStatus.RUNNING if single_step else TaskStatus.PENDING,
             "started_at": now if single_step else None})
         task_id = int(cast(Any, inserted).inserted_primary_key[0])
         if single_step:
-            added = await session.execute(_INSERT_SUBTASK, {
+            added = await db.execute(_INSERT_SUBTASK, {
                 "task_id": task_id, "seq": 1, "title": title, "description": description or title,
                 "category": category or "general", "depends_on": [], "priority": priority,
                 "status": SubtaskStatus.QUEUED, "max_attempts": self._settings.max_attempts,
                 "idempotency_key": f"task:{task_id}:subtask:1"})
             subtask_id = int(cast(Any, added).inserted_primary_key[0])
-            await self._queue.enqueue_in(session, [JobSpec(
+            await self._queue.enqueue_in(db, [JobSpec(
                 kind=KIND_SUBTASK, idempotency_key=f"subtask:{subtask_id}:run", payload={"subtask_id": subtask_id},
                 priority=priority, task_id=task_id, subtask_id=subtask_id, max_attempts=self._settings.max_attempts,
                 timeout_s=self._settings.subtask_timeout_s)])
