@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -60,37 +60,32 @@ def _script_peer(fake: Any) -> None:
     differently, so no two answers in a run are the same text (as with real models): work that is
     done once per text (embedding one) cannot look cheaper here than it is.
     """
-    verdict = {"score": 90, "verdict": "approve", "issues": [], "summary": ""}
-    judgement = {"winner": "alternative", "score": 90, "verdict": "approve", "reasons": ["r"], "merged_result": None}
+    structured = {"Verdict": json.dumps({"score": 90, "verdict": "approve", "issues": [], "summary": ""}),
+                  "Judgement": json.dumps({"winner": "alternative", "score": 90, "verdict": "approve",
+                                           "reasons": ["r"], "merged_result": None})}
     counter = {"n": 0}
 
     def asked(body: dict[str, Any]) -> str:
         found = _ASKED.findall(str((body.get("messages") or [{}])[-1].get("content", "")))
         return found[0] if found else "?"
 
-    def schema_title(body: dict[str, Any]) -> Any:
-        return ((body.get("response_format") or {}).get("json_schema") or {}).get("schema", {}).get("title")
+    def answer_with(free_text: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], str]:
+        """A verdict or judgement when the request asks for one by schema, else `free_text`."""
+        def respond(body: dict[str, Any]) -> str:
+            title = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema", {}).get("title")
+            return structured[title] if title in structured else free_text(body)
+        return respond
 
     def executor(body: dict[str, Any]) -> str:
-        title = schema_title(body)
-        if title == "Verdict":
-            return json.dumps(verdict)
-        if title == "Judgement":
-            return json.dumps(judgement)
         counter["n"] += 1
         return f"{DISAGREE if counter['n'] % 10 == 0 else AGREE} (Question #{asked(body)}.)"
 
     def reviewer(body: dict[str, Any]) -> str:
-        title = schema_title(body)
-        if title == "Verdict":
-            return json.dumps(verdict)
-        if title == "Judgement":
-            return json.dumps(judgement)
         return f"{AGREE[:-1]}, as asked in question #{asked(body)}."
 
-    fake.script("alpha-7b", family="qwen", responder=executor)
-    fake.script("beta-3b", family="llama", responder=reviewer)
-    fake.script("gamma-9b", family="gemma", responder=reviewer)
+    fake.script("alpha-7b", family="qwen", responder=answer_with(executor))
+    fake.script("beta-3b", family="llama", responder=answer_with(reviewer))
+    fake.script("gamma-9b", family="gemma", responder=answer_with(reviewer))
 
 
 async def _serve_peer() -> None:
