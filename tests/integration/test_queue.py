@@ -327,6 +327,13 @@ async def test_work_queued_by_another_process_is_noticed_by_probing_not_after_th
     assert not await worker_queue.has_claimable(["another.kind"])
 
 
+async def test_a_worker_refuses_waits_that_would_spin(engine: AsyncEngine) -> None:
+    queue = JobQueue(engine)
+    for bad in ({"poll_s": 0.0}, {"probe_s": 0.0}, {"probe_s": -1.0}):
+        with pytest.raises(ValueError, match="must be positive"):
+            Worker(queue=queue, handlers={KIND: lambda ctx: asyncio.sleep(0, {})}, **bad)
+
+
 async def test_worker_timeout_retries_then_succeeds(engine: AsyncEngine) -> None:
     queue = JobQueue(engine, lease_s=2.0, retry_base_s=0.05)
     job_id, _ = await queue.enqueue(spec("hangs-once", timeout_s=1))

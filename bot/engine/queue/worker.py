@@ -205,6 +205,8 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if poll_s <= 0 or probe_s <= 0:
+            raise ValueError("poll_s and probe_s must be positive")
         if not handlers:
             raise ValueError("a worker needs at least one handler")
         self.queue = queue
