@@ -3,7 +3,7 @@
 Indexes on columns that are NULL when most rows are written (a task's template, workflow,
 conversation and user; a subtask's models; a queued job's lease; a call's billing account) leave
 the NULL rows out on SQLite (partial indexes). Every index an insert touches is one more page in
-the commit's write-ahead log: a task's submit wrote 25 pages and now writes 14. Lookups by value
+the commit's write-ahead log: a task's submit wrote 25 pages and now writes 13. Lookups by value
 still use them. MariaDB has no partial indexes: nothing changes there.
 
 Revision ID: 0004

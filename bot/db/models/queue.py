@@ -90,7 +90,6 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
-
 # The claim query: status = queued, highest priority first, then oldest — in the index's own order
 # (priority descending), so a claim reads its batch off the front of the index instead of sorting
 # every queued job (it did: a millisecond per claim with 2,500 queued). `available_at` rides along
