@@ -186,6 +186,21 @@ class _InlineSqliteConnection(aiosqlite.Connection):
             self._connection = None
 
 
+def inline_sqlite_connection(connection: AsyncConnection) -> sqlite3.Connection | None:
+    """The sqlite3 connection under `connection` if it runs in-loop and is inside a transaction.
+
+    Statements sent to it directly take part in that transaction exactly as SQLAlchemy's would
+    (see `bot.db.direct`); None for every other kind of connection.
+    """
+    sync = connection.sync_connection
+    if sync is None or not sync.in_transaction():
+        return None
+    driver = sync.connection.driver_connection
+    if type(driver) is not _InlineSqliteConnection:
+        return None
+    return driver._connection
+
+
 # Commits by the in-loop writer between two checkpoints of the write-ahead log (in a thread).
 CHECKPOINT_EVERY_COMMITS = 50
 

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql import Executable
 
 from bot.db.base import utcnow
+from bot.db.direct import execute_dml
 from bot.db.engine import JSONText, is_sqlite, read_connection, sqlite_writer
 from bot.db.models.queue import (
     CHECKPOINT_PARTIAL,
@@ -486,7 +487,7 @@ class JobQueue:
         """Add a job unless its idempotency key exists; returns (job id, whether it was new)."""
         row = _validate_spec(spec)
         async with self._write() as connection:
-            result = await connection.execute(self._insert_jobs, row)
+            result = await execute_dml(connection, self._insert_jobs, row)
             query = select(JOBS.c.id).where(JOBS.c.idempotency_key == spec.idempotency_key)
             job_id = int((await connection.execute(query)).scalar_one())
             # MariaDB counts a no-op ON DUPLICATE KEY UPDATE as a matched row; the insert id
@@ -501,7 +502,7 @@ class JobQueue:
         ids: dict[str, int] = {}
         async with self._write() as connection:
             for chunk in _chunks(rows):
-                await connection.execute(self._insert_jobs, list(chunk))
+                await execute_dml(connection, self._insert_jobs, list(chunk))
             keys = [row["idempotency_key"] for row in rows]
             for key_chunk in _chunks(keys):
                 found = await connection.execute(
@@ -518,7 +519,7 @@ class JobQueue:
         """
         rows = [_validate_spec(spec) for spec in specs]
         for chunk in _chunks(rows):
-            await connection.execute(self._insert_jobs, list(chunk))
+            await execute_dml(connection, self._insert_jobs, list(chunk))
 
     def _insert_ignoring_duplicates(self) -> Any:
         if self.sqlite:
@@ -712,7 +713,7 @@ class JobQueue:
                      "b_finished": now}
                     for lease, result, _hooks in checked
                 ]
-                outcome = await connection.execute(_COMPLETE_MANY, rows)
+                outcome = await execute_dml(connection, _COMPLETE_MANY, rows)
                 if _rowcount(outcome) == len(rows):
                     fast = True
                     done.update(lease.job_id for lease, _result, _hooks in checked)
@@ -754,7 +755,8 @@ class JobQueue:
     async def _complete_one(
         self, connection: AsyncConnection, lease: Lease, result: JSONText, now: datetime
     ) -> bool:
-        outcome = await connection.execute(
+        outcome = await execute_dml(
+            connection,
             _COMPLETE_MANY,
             {"b_id": lease.job_id, "b_owner": lease.worker_id, "b_fence": lease.fence, "b_result": result,
              "b_finished": now},
@@ -837,7 +839,8 @@ class JobQueue:
         now = utcnow()
         async with self._write() as connection:
             await self._touch_lease(connection, lease, now)
-            await connection.execute(
+            await execute_dml(
+                connection,
                 self._checkpoint_upsert,
                 {
                     "job_id": lease.job_id,
@@ -924,7 +927,8 @@ class JobQueue:
         now = utcnow()
         group = sorted(group, key=lambda request: request.lease.job_id)  # one lock order everywhere
         async with self._write() as connection:
-            touched = await connection.execute(
+            touched = await execute_dml(
+                connection,
                 _TOUCH_MANY,
                 [
                     {"b_id": r.lease.job_id, "b_owner": r.lease.worker_id, "b_fence": r.lease.fence,
@@ -939,7 +943,8 @@ class JobQueue:
                         hint="another attempt owns the job now; this one must stop",
                     )
                 raise LeaseLostError("a lease in the step group is gone")
-            inserted = await connection.execute(
+            inserted = await execute_dml(
+                connection,
                 self._insert_step, [self._step_row(r.lease, r.key, r.encoded, now) for r in group]
             )
             await self._apply_deferred(connection, [(r.lease, r.deferred) for r in group], now)
@@ -985,16 +990,17 @@ class JobQueue:
             for key, value in deferred.steps.items()
         ]
         if step_rows:
-            await connection.execute(self._insert_step, step_rows)
+            await execute_dml(connection, self._insert_step, step_rows)
         groups: dict[int, tuple[Executable, list[dict[str, Any]]]] = {}
         for _lease, deferred in items:
             for write in deferred.writes:
                 groups.setdefault(id(write.statement), (write.statement, []))[1].append(write.params)
         for statement, params in groups.values():
-            await connection.execute(statement, params)
+            await execute_dml(connection, statement, params)
 
     async def _touch_lease(self, connection: AsyncConnection, lease: Lease, now: datetime) -> None:
-        outcome = await connection.execute(
+        outcome = await execute_dml(
+            connection,
             _TOUCH_MANY,
             {"b_id": lease.job_id, "b_owner": lease.worker_id, "b_fence": lease.fence, "b_now": now,
              "b_expires": now + self.lease},

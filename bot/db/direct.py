@@ -1,0 +1,145 @@
+"""INSERT/UPDATE/DELETE on the in-loop SQLite writer, sent to sqlite3 without SQLAlchemy's execution machinery.
+
+On the writer's connection (see `bot.db.engine.SqliteWriter`) a statement's SQLite work is a few
+microseconds, but `AsyncConnection.execute` cost about 100 µs per call: an execution context,
+parameter processing through several layers, a greenlet switch, a result object nobody reads.
+The queue runs dozens of such statements per subtask, all inside one short write transaction.
+
+`execute_dml` keeps SQLAlchemy for what it is good at — the statement is compiled by SQLAlchemy
+for this dialect, once, and every parameter goes through the same bind processors (types, JSON
+serialiser, Python-side column defaults) — and hands the compiled SQL and the processed tuple
+straight to the sqlite3 cursor. Errors come back as the same `sqlalchemy.exc` classes. Anything it
+does not cover (another database, a connection outside a transaction, RETURNING, expanding IN
+parameters, SQL-side defaults) goes through `AsyncConnection.execute` unchanged, so callers need
+not know which path ran.
+
+Statements must be long-lived objects (module or instance attributes): each is compiled once per
+set of parameter names and kept by identity.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql import Delete, Insert, Update
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from bot.db.engine import inline_sqlite_connection
+
+Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+
+# Prepared statements kept at most; past this the cache starts afresh (a caller building a new
+# statement per call would otherwise grow it without end).
+MAX_PREPARED = 512
+
+
+@dataclass(frozen=True, slots=True)
+class DmlResult:
+    """What a DML statement reports back: rows matched and, for a single INSERT, the new row's id."""
+
+    rowcount: int
+    lastrowid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    compiled: SQLCompiler
+    sql: str
+    # (bind name, its processor or None) in the order of the statement's `?` placeholders.
+    binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    # (bind name, Python-side default) for columns the caller left to their default.
+    defaults: tuple[tuple[str, Callable[[], Any]], ...]
+
+
+def _default_of(column: Any, *, insert: bool) -> Callable[[], Any] | None:
+    default = column.default if insert else column.onupdate
+    if default is None:
+        return None
+    if default.is_scalar:
+        value = default.arg
+        return lambda: value
+    if default.is_callable:
+        # SQLAlchemy wraps a no-argument default to take its execution context; ours never use it.
+        function = default.arg
+        return lambda: function(None)
+    return None  # a SQL expression or a sequence: SQLAlchemy's own path evaluates those
+
+
+def _prepare(connection: AsyncConnection, statement: Any, keys: Sequence[str], many: bool) -> _Prepared | None:
+    if not isinstance(statement, Insert | Update | Delete) or statement._returning:
+        return None
+    compiled = statement.compile(dialect=connection.dialect, column_keys=list(keys), for_executemany=many)
+    if not isinstance(compiled, SQLCompiler) or not compiled.positional or compiled.positiontup is None:
+        return None
+    if compiled.literal_execute_params or compiled.post_compile_params or compiled.implicit_returning:
+        return None
+    defaults: list[tuple[str, Callable[[], Any]]] = []
+    for columns, insert in ((compiled.insert_prefetch, True), (compiled.update_prefetch, False)):
+        for column in columns:
+            default = _default_of(column, insert=insert)
+            if default is None:
+                return None
+            defaults.append((column.key, default))
+    processors = compiled._bind_processors
+    binds = tuple((name, cast(Callable[[Any], Any] | None, processors.get(name))) for name in compiled.positiontup)
+    return _Prepared(compiled=compiled, sql=compiled.string, binds=binds, defaults=tuple(defaults))
+
+
+_prepared: dict[tuple[int, tuple[str, ...], bool], tuple[Any, _Prepared | None]] = {}
+
+
+def _prepared_for(connection: AsyncConnection, statement: Any, keys: tuple[str, ...], many: bool) -> _Prepared | None:
+    cache_key = (id(statement), keys, many)
+    found = _prepared.get(cache_key)
+    if found is not None and found[0] is statement:
+        return found[1]
+    if len(_prepared) >= MAX_PREPARED:
+        _prepared.clear()
+    prepared = _prepare(connection, statement, keys, many)
+    # The statement itself is kept with its entry, so its id cannot be reused while cached.
+    _prepared[cache_key] = (statement, prepared)
+    return prepared
+
+
+def _row(prepared: _Prepared, params: Mapping[str, Any]) -> tuple[Any, ...]:
+    values = prepared.compiled.construct_params(params, escape_names=False)
+    for name, default in prepared.defaults:
+        values[name] = default()
+    return tuple(values[name] if process is None else process(values[name]) for name, process in prepared.binds)
+
+
+async def execute_dml(connection: AsyncConnection | AsyncSession, statement: Any, params: Params = None) -> DmlResult:
+    """Run an INSERT, UPDATE or DELETE: `params` a dict, or a list of dicts for executemany.
+
+    An empty list writes nothing. An ORM session, like any connection the direct path does not
+    cover, runs it through SQLAlchemy as before.
+    """
+    many = isinstance(params, Sequence)
+    rows = cast(Sequence[Mapping[str, Any]], params) if many else [cast(Mapping[str, Any], params or {})]
+    if not rows:  # an empty executemany writes nothing (SQLAlchemy deprecates being asked to)
+        return DmlResult(rowcount=0, lastrowid=None)
+    prepared = None
+    raw = inline_sqlite_connection(connection) if isinstance(connection, AsyncConnection) else None
+    if raw is not None:
+        prepared = _prepared_for(cast(AsyncConnection, connection), statement, tuple(rows[0]), many)
+    if raw is None or prepared is None:
+        result = cast(CursorResult[Any], await connection.execute(statement, params))
+        return DmlResult(rowcount=int(result.rowcount or 0), lastrowid=None if many else result.lastrowid)
+    try:
+        bound = [_row(prepared, row) for row in rows]
+    except Exception as err:  # a bind processor refused a value: reported as SQLAlchemy does
+        raise StatementError(str(err), prepared.sql, params, err) from err
+    try:
+        cursor = raw.executemany(prepared.sql, bound) if many else raw.execute(prepared.sql, bound[0])
+    except sqlite3.Error as err:
+        raise DBAPIError.instance(prepared.sql, bound if many else bound[0], err, sqlite3.Error) from err
+    try:
+        return DmlResult(rowcount=cursor.rowcount, lastrowid=None if many else cursor.lastrowid)
+    finally:
+        cursor.close()
