@@ -117,17 +117,20 @@ def _row(prepared: _Prepared, params: Mapping[str, Any]) -> tuple[Any, ...]:
 async def execute_dml(connection: AsyncConnection | AsyncSession, statement: Any, params: Params = None) -> DmlResult:
     """Run an INSERT, UPDATE or DELETE: `params` a dict, or a list of dicts for executemany.
 
-    An empty list writes nothing. An ORM session, like any connection the direct path does not
-    cover, runs it through SQLAlchemy as before.
+    An empty list writes nothing. An ORM session bound to a connection (a queue commit hook's)
+    writes through that connection: a Core statement in a session never flushes the session
+    first, so the order of writes is the same. Any other session, like any connection the direct
+    path does not cover, runs it through SQLAlchemy as before.
     """
     many = isinstance(params, Sequence)
     rows = cast(Sequence[Mapping[str, Any]], params) if many else [cast(Mapping[str, Any], params or {})]
     if not rows:  # an empty executemany writes nothing (SQLAlchemy deprecates being asked to)
         return DmlResult(rowcount=0, lastrowid=None)
     prepared = None
-    raw = inline_sqlite_connection(connection) if isinstance(connection, AsyncConnection) else None
+    target = connection.bind if isinstance(connection, AsyncSession) else connection
+    raw = inline_sqlite_connection(target) if isinstance(target, AsyncConnection) else None
     if raw is not None:
-        prepared = _prepared_for(cast(AsyncConnection, connection), statement, tuple(rows[0]), many)
+        prepared = _prepared_for(cast(AsyncConnection, target), statement, tuple(rows[0]), many)
     if raw is None or prepared is None:
         result = cast(CursorResult[Any], await connection.execute(statement, params))
         return DmlResult(rowcount=int(result.rowcount or 0), lastrowid=None if many else result.lastrowid)

@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.db.base import utcnow
+from bot.db.direct import execute_dml
 from bot.db.engine import JSONText, Reads, lazy_reads
 from bot.db.models import (
     AiRole,
@@ -322,19 +323,19 @@ class Engine:
                            idempotency_key: str | None, single_step: bool, conversation_id: int | None = None) -> int:
         """The task row; a single-step task also gets its one subtask, already queued."""
         now = utcnow()
-        inserted = await db.execute(_INSERT_TASK, {
+        inserted = await execute_dml(db, _INSERT_TASK, {
             "title": title, "description": description, "user_id": user_id, "priority": priority,
             "category": category, "origin": origin, "idempotency_key": idempotency_key,
             "conversation_id": conversation_id, "status": TaskStatus.RUNNING if single_step else TaskStatus.PENDING,
             "started_at": now if single_step else None})
-        task_id = int(cast(Any, inserted).inserted_primary_key[0])
+        task_id = int(cast(int, inserted.lastrowid))  # a plain INSERT: the new row's id on both backends
         if single_step:
-            added = await db.execute(_INSERT_SUBTASK, {
+            added = await execute_dml(db, _INSERT_SUBTASK, {
                 "task_id": task_id, "seq": 1, "title": title, "description": description or title,
                 "category": category or "general", "depends_on": [], "priority": priority,
                 "status": SubtaskStatus.QUEUED, "max_attempts": self._settings.max_attempts,
                 "idempotency_key": f"task:{task_id}:subtask:1"})
-            subtask_id = int(cast(Any, added).inserted_primary_key[0])
+            subtask_id = int(cast(int, added.lastrowid))
             await self._queue.enqueue_in(db, [JobSpec(
                 kind=KIND_SUBTASK, idempotency_key=f"subtask:{subtask_id}:run", payload={"subtask_id": subtask_id},
                 priority=priority, task_id=task_id, subtask_id=subtask_id, max_attempts=self._settings.max_attempts,
@@ -812,7 +813,7 @@ class Engine:
 
     async def _record_task_results(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
         """The final answers of the tasks finished in one group commit (one executemany)."""
-        await session.execute(_TASK_DONE, rows)
+        await execute_dml(session, _TASK_DONE, rows)
 
     async def _synthesise(self, task_id: int, request_text: str, subtasks: Sequence[Any]) -> dict[str, Any]:
         """A writer model merges the subtasks' results; if none can, the results are joined in order."""
@@ -1119,7 +1120,7 @@ class Engine:
             ready.extend(task_ready)
             specs.extend(task_specs)
         if ready:
-            await session.execute(_MARK_QUEUED, [{"b_id": s.id} for s in ready])
+            await execute_dml(session, _MARK_QUEUED, [{"b_id": s.id} for s in ready])
         if specs:
             await self._queue.enqueue_in(session, specs)
 
@@ -1130,15 +1131,15 @@ class Engine:
         nothing; executemany reports only the total, so then every row is written again on its own
         (the same values: harmless) to learn which ones count.
         """
-        written = await session.execute(_RECORD_RESULT, [item.params for item in items])
+        written = await execute_dml(session, _RECORD_RESULT, [item.params for item in items])
         matched = items
-        if getattr(written, "rowcount", 0) != len(items):
+        if written.rowcount != len(items):
             matched = [item for item in items
-                       if getattr(await session.execute(_RECORD_RESULT, item.params), "rowcount", 0) == 1]
+                       if (await execute_dml(session, _RECORD_RESULT, item.params)).rowcount == 1]
         await record_outcomes(session, [outcome for item in matched for outcome in item.outcomes])
         finished = [item for item in matched if item.alone and not item.waiting]
         if finished:
-            await session.execute(_TASK_DONE, [{"b_id": item.task_id, "b_result": item.params["b_result"],
+            await execute_dml(session, _TASK_DONE, [{"b_id": item.task_id, "b_result": item.params["b_result"],
                                                 "b_finished": item.params["b_finished"]} for item in finished])
             for item in finished:  # published once the job's success is committed (a retried group overwrites)
                 self._tasks_done[item.job_id] = (item.task_id, str(item.params["b_result"]))

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.base import utcnow
+from bot.db.direct import execute_dml
 from bot.db.models import AiModel, AiQualityMetric
 
 VALIDATION_PRIOR = 60.0
@@ -176,7 +177,7 @@ async def _ensure_rows(session: AsyncSession, pairs: list[tuple[int, str]]) -> N
              "success_rate": 0.0, "mean_time_ms": 0.0, "validations": 0, "tiebreaks_won": 0, "tiebreaks_lost": 0,
              "ratings_count": 0, "updated_at": now} for model_id, category in pairs]
     sqlite = session.bind is not None and session.bind.dialect.name == "sqlite"
-    await session.execute(_INSERT_MISSING["sqlite" if sqlite else "mysql"], rows)
+    await execute_dml(session, _INSERT_MISSING["sqlite" if sqlite else "mysql"], rows)
 
 
 async def record_outcomes(session: AsyncSession, outcomes: list[Outcome]) -> None:
@@ -189,7 +190,7 @@ async def record_outcomes(session: AsyncSession, outcomes: list[Outcome]) -> Non
         return
     ordered = sorted(outcomes, key=lambda o: (o.model_id, o.category))
     await _ensure_rows(session, sorted({(o.model_id, o.category) for o in ordered}))
-    await session.execute(_FOLD, [_fold_params(outcome) for outcome in ordered])
+    await execute_dml(session, _FOLD, [_fold_params(outcome) for outcome in ordered])
     for category in sorted({o.category for o in ordered}):
         await rerank(session, category)
 
@@ -222,7 +223,7 @@ async def rerank(session: AsyncSession, category: str) -> None:
     changed = [{"b_id": row.id, "b_rank": position} for position, row in enumerate(ranked, start=1)
                if row.rank != position]
     if changed:
-        await session.execute(_SET_RANK, changed)
+        await execute_dml(session, _SET_RANK, changed)
 
 
 @dataclass(frozen=True, slots=True)
