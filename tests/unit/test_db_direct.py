@@ -11,7 +11,7 @@ import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
@@ -161,3 +161,25 @@ async def test_other_connections_take_sqlalchemys_path(sqlite_url: str) -> None:
             assert (await execute_dml(connection, INSERT_JOB, [])).rowcount == 0
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("moment", [
+    datetime(2026, 12, 7, 9, 30, tzinfo=UTC),
+    datetime(2026, 12, 7, 9, 30, 1, 5, tzinfo=UTC),
+    datetime(999, 1, 2, 3, 4, 5, 999999, tzinfo=UTC),
+    datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
+])
+def test_sqlite_datetimes_are_stored_as_sqlalchemys_datetime_stores_them(moment: datetime) -> None:
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import sqlite
+
+    from bot.db.base import UTCDateTime
+
+    dialect = sqlite.dialect()
+    ours = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    theirs = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert ours is not None and theirs is not None
+    assert ours(moment) == theirs(moment.astimezone(UTC).replace(tzinfo=None))
+    assert ours(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        ours(moment.replace(tzinfo=None))
