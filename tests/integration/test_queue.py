@@ -225,6 +225,20 @@ async def test_a_stale_worker_cannot_write_after_its_lease_moved(engine: AsyncEn
     assert await queue.checkpoints(job_id) == {}
 
 
+async def test_concurrent_steps_of_one_job_each_get_their_own_result(engine: AsyncEngine) -> None:
+    """Steps of one job written in the same group commit: each caller gets its own step's value."""
+    queue = JobQueue(engine)
+    job_id, _ = await queue.enqueue(spec("two-steps"))
+    [job] = await queue.claim("w", limit=1)
+    first, second = await asyncio.gather(queue.record_step(job.lease, "reference", {"text": "Paris"}),
+                                         queue.record_step(job.lease, "verdict", {"score": 90}))
+    assert (first, second) == ({"text": "Paris"}, {"score": 90})
+    assert await queue.record_step(job.lease, "reference", {"text": "again"}) == {"text": "Paris"}  # first wins
+    stored = await queue.checkpoints(job_id)
+    assert {key: (c.kind, c.data) for key, c in stored.items()} == {
+        "reference": ("step", {"text": "Paris"}), "verdict": ("step", {"score": 90})}
+
+
 async def test_batch_hooks_run_once_per_group_with_only_the_recorded_jobs(engine: AsyncEngine) -> None:
     queue = JobQueue(engine)
     for key in ("a", "b", "c"):

@@ -907,9 +907,9 @@ class JobQueue:
                     request.settle(error=err)
                 continue
             for request in group:
-                request.settle(value=stored[request.lease.job_id])
+                request.settle(value=stored[request.lease.job_id, request.key])
 
-    async def _record_step_group_retrying(self, group: list[_StepRequest]) -> dict[int, Any]:
+    async def _record_step_group_retrying(self, group: list[_StepRequest]) -> dict[tuple[int, str], Any]:
         """A deadlock or a busy database must not cost finished steps: retry the group a few times.
 
         InnoDB may pick the group as a deadlock victim (it rolls the whole transaction back); the
@@ -923,7 +923,7 @@ class JobQueue:
                 await asyncio.sleep(0.01 * 2**attempt)
         return await self._record_step_group(group)
 
-    async def _record_step_group(self, group: list[_StepRequest]) -> dict[int, Any]:
+    async def _record_step_group(self, group: list[_StepRequest]) -> dict[tuple[int, str], Any]:
         now = utcnow()
         group = sorted(group, key=lambda request: request.lease.job_id)  # one lock order everywhere
         async with self._write() as connection:
@@ -951,11 +951,11 @@ class JobQueue:
             for request in group:
                 self._boundary("step.before_commit", request.lease.job_id)
             if self.sqlite and _rowcount(inserted) == len(group):
-                stored = {r.lease.job_id: r.payload for r in group}  # all new: ours are the stored values
+                stored = {(r.lease.job_id, r.key): r.payload for r in group}  # all new: ours are the stored values
             else:
                 stored = {}
                 for request in group:
-                    stored[request.lease.job_id] = (
+                    stored[request.lease.job_id, request.key] = (
                         await connection.execute(
                             select(CHECKPOINTS.c.data).where(
                                 CHECKPOINTS.c.job_id == request.lease.job_id, CHECKPOINTS.c.key == request.key
