@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bot.db.base import utcnow
@@ -661,3 +662,27 @@ async def test_a_job_that_keeps_killing_workers_is_dead_lettered(engine: AsyncEn
     view = await queue.get(job_id)
     assert view.status == "dead"
     assert "gave up after 6 orphaned claims" in (view.error or "")
+
+
+async def test_a_sqlite_writer_waits_for_another_connections_write_lock(engine: AsyncEngine) -> None:
+    """Another process holding SQLite's write lock delays the queue's writes; it does not break them."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's single write lock")  # MariaDB locks rows, tested by the claim races
+    import sqlite3
+
+    holder = sqlite3.connect(str(engine.url.database), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="locked"):  # a writer that will not wait that long
+            await JobQueue(engine, busy_wait_s=0.05).enqueue(spec("impatient"))
+        waiting = asyncio.create_task(JobQueue(engine).enqueue(spec("after-the-lock")))
+        await asyncio.sleep(0.15)
+        assert not waiting.done()  # waiting for the lock, asynchronously: this loop still runs
+        holder.execute("COMMIT")
+        job_id, created = await asyncio.wait_for(waiting, timeout=5)
+        assert created
+        # The writer's connection that gave up first is in a clean state: the next write goes through.
+        assert (await JobQueue(engine, busy_wait_s=0.05).enqueue(spec("next")))[1]
+        assert (await JobQueue(engine).get(job_id)).status == "queued"
+    finally:
+        holder.close()
