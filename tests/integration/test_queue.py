@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -664,13 +665,20 @@ async def test_a_job_that_keeps_killing_workers_is_dead_lettered(engine: AsyncEn
     assert "gave up after 6 orphaned claims" in (view.error or "")
 
 
-async def test_a_sqlite_writer_waits_for_another_connections_write_lock(engine: AsyncEngine) -> None:
-    """Another process holding SQLite's write lock delays the queue's writes; it does not break them."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's single write lock")  # MariaDB locks rows, tested by the claim races
+async def test_a_sqlite_writer_waits_for_another_connections_write_lock(
+    queue_sqlite_template: Path, tmp_path: Path  # noqa: F811  (a fixture)
+) -> None:
+    """Another process holding SQLite's write lock delays the queue's writes; it does not break them.
+
+    SQLite only: MariaDB locks rows, which the claim races cover.
+    """
+    import shutil
     import sqlite3
 
-    holder = sqlite3.connect(str(engine.url.database), isolation_level=None)
+    path = tmp_path / "queue.db"
+    shutil.copyfile(queue_sqlite_template, path)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    holder = sqlite3.connect(path, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
         with pytest.raises(OperationalError, match="locked"):  # a writer that will not wait that long
@@ -686,3 +694,4 @@ async def test_a_sqlite_writer_waits_for_another_connections_write_lock(engine: 
         assert (await JobQueue(engine).get(job_id)).status == "queued"
     finally:
         holder.close()
+        await engine.dispose()
