@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -37,8 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql import Executable
 
 from bot.db.base import utcnow
-from bot.db.direct import execute_dml
-from bot.db.engine import JSONText, inline_sqlite_connection, is_sqlite, read_connection, sqlite_writer
+from bot.db.direct import execute_dml, execute_sql
+from bot.db.engine import JSONText, is_sqlite, read_connection, sqlite_writer
 from bot.db.models.queue import (
     CHECKPOINT_PARTIAL,
     CHECKPOINT_STEP,
@@ -444,22 +443,12 @@ class JobQueue:
         delay = 0.001
         while True:
             await connection.begin()  # SQLAlchemy's side of the transaction: no SQL on SQLite
-            raw = inline_sqlite_connection(connection)
             try:
-                if raw is None:
-                    await connection.exec_driver_sql("BEGIN IMMEDIATE")
-                else:  # straight to sqlite3: through SQLAlchemy this one statement cost ~100 µs
-                    try:
-                        raw.execute("BEGIN IMMEDIATE").close()
-                    except sqlite3.Error as err:
-                        raise DBAPIError.instance("BEGIN IMMEDIATE", (), err, sqlite3.Error) from err
+                await execute_sql(connection, "BEGIN IMMEDIATE")
                 return
             except OperationalError as err:
-                if "locked" not in str(err) and "busy" not in str(err):
-                    await connection.rollback()
-                    raise
                 await connection.rollback()
-                if time.monotonic() >= deadline:
+                if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() >= deadline:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
