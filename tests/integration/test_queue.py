@@ -195,6 +195,22 @@ async def test_heartbeat_keeps_a_lease_and_reports_lost_ones(engine: AsyncEngine
     assert (await queue.get(keep.id)).status == "running"
 
 
+async def test_a_heartbeat_keeps_only_the_leases_the_worker_runs(engine: AsyncEngine) -> None:
+    """A job leased to a worker that never started it (its claim's commit went unconfirmed) expires."""
+    queue = JobQueue(engine, lease_s=1.0)
+    await queue.enqueue_many([spec("runs"), spec("orphan")])
+    runs, orphan = await queue.claim("w", limit=2)
+    deadline = time.monotonic() + 2.5
+    requeued: tuple[int, ...] = ()
+    while time.monotonic() < deadline and not requeued:
+        assert await queue.heartbeat("w", [runs.lease]) == set()
+        requeued = (await queue.reclaim_expired()).requeued
+        await asyncio.sleep(0.2)
+    assert requeued == (orphan.id,)
+    assert (await queue.get(runs.id)).status == "running"
+    assert (await queue.get(orphan.id)).status == "queued"
+
+
 async def test_a_stale_worker_cannot_write_after_its_lease_moved(engine: AsyncEngine) -> None:
     queue = JobQueue(engine, lease_s=1.0)
     job_id, _ = await queue.enqueue(spec("j"))
@@ -458,6 +474,34 @@ async def test_at_most_five_run_at_once_most_urgent_first(engine: AsyncEngine) -
     await wait_for(all_done)
     await running.stop()
     assert gate.peak_total == 5
+
+
+async def test_a_finished_job_claims_its_successor_in_the_commit_that_records_it(engine: AsyncEngine) -> None:
+    """One job after another: each success commit carries the next claim, no claim transaction of its own."""
+    boundaries: list[str] = []
+    queue = JobQueue(engine, boundary_hook=lambda name, _job_id: boundaries.append(name))
+    await queue.enqueue_many([spec(f"s{i}", priority=10 - i) for i in range(6)])
+    ran: list[str] = []
+
+    async def handler(ctx: JobContext) -> dict[str, Any]:
+        ran.append(ctx.job.idempotency_key)
+        return {"key": ctx.job.idempotency_key}
+
+    running = RunningWorker(Worker(queue=queue, handlers={KIND: handler}, concurrency=1, poll_s=0.05))
+
+    async def all_done() -> bool:
+        return await queue.counts() == {"succeeded": 6}
+
+    await wait_for(all_done)
+    await running.stop()
+    assert ran == [f"s{i}" for i in range(6)]  # each once, most urgent first
+    transactions = [name for name in boundaries if name.endswith("before_commit")]
+    # The first claim is a transaction of its own; every later one rides a success's commit.
+    assert transactions[0] == "claim.before_commit"
+    riding = [i for i, name in enumerate(transactions) if name == "claim.before_commit" and i > 0]
+    assert len(riding) == 5
+    assert all(transactions[i + 1] == "complete.before_commit" for i in riding)
+    assert transactions.count("complete.before_commit") == 6
 
 
 async def test_per_provider_concurrency_limits(engine: AsyncEngine) -> None:

@@ -128,6 +128,21 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a worker asks a claim for: up to `limit` jobs of `kinds`, within its provider slots."""
+
+    worker_id: str
+    limit: int
+    kinds: tuple[str, ...] | None = None
+    provider_slots: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing can be claimed: no slot, or no kind."""
+        return self.limit <= 0 or (self.kinds is not None and not self.kinds)
+
+
+@dataclass(frozen=True, slots=True)
 class JobView:
     """A read-only snapshot of a job row, for status pages and tests."""
 
@@ -542,63 +557,67 @@ class JobQueue:
         `provider_slots` maps a provider to how many more of its jobs this worker may start;
         providers not named are unlimited.
         """
-        if limit <= 0:
+        request = ClaimRequest(worker_id=worker_id, limit=limit, kinds=None if kinds is None else tuple(kinds),
+                               provider_slots=dict(provider_slots or {}))
+        if request.empty:
             return []
-        slots = dict(provider_slots or {})
-        now = utcnow()
-        kind_list = None if kinds is None else tuple(sorted(set(kinds)))
-        if kind_list is not None and not kind_list:
-            return []
+        async with self._write(immediate=True) as connection:
+            claimed = await self._claim_in(connection, request, utcnow())
+        if claimed:
+            self._boundary("claim.after_commit", claimed[0].id)
+        return claimed
+
+    async def _claim_in(self, connection: AsyncConnection, request: ClaimRequest, now: datetime) -> list[ClaimedJob]:
+        """The claim's reads and writes inside the caller's write transaction (see `claim`)."""
+        slots = dict(request.provider_slots)
+        kind_list = None if request.kinds is None else tuple(sorted(set(request.kinds)))
         full = tuple(sorted(provider for provider, free in slots.items() if free <= 0))
         limited = any(free > 0 for free in slots.values())
-        fetch = limit * _OVERFETCH if limited else limit
+        fetch = request.limit * _OVERFETCH if limited else request.limit
         query = self._claim_query(kind_list, full)
-
+        rows = (await connection.execute(query, {"b_now": now, "b_fetch": fetch})).all()
         claimed: list[ClaimedJob] = []
-        async with self._write(immediate=True) as connection:
-            rows = (await connection.execute(query, {"b_now": now, "b_fetch": fetch})).all()
-            if not rows:
-                return []
-            for row in rows:
-                if len(claimed) == limit:
-                    break
-                if row.provider is not None and row.provider in slots:
-                    if slots[row.provider] <= 0:
-                        continue
-                    slots[row.provider] -= 1
-                claimed.append(
-                    ClaimedJob(
-                        id=int(row.id),
-                        kind=row.kind,
-                        idempotency_key=row.idempotency_key,
-                        payload=row.payload or {},
-                        priority=int(row.priority),
-                        provider=row.provider,
-                        task_id=row.task_id,
-                        subtask_id=row.subtask_id,
-                        attempts=int(row.attempts) + 1,
-                        max_attempts=int(row.max_attempts),
-                        fence=int(row.fence) + 1,
-                        timeout_s=int(row.timeout_s),
-                        worker_id=worker_id,
-                    )
+        for row in rows:
+            if len(claimed) == request.limit:
+                break
+            if row.provider is not None and row.provider in slots:
+                if slots[row.provider] <= 0:
+                    continue
+                slots[row.provider] -= 1
+            claimed.append(
+                ClaimedJob(
+                    id=int(row.id),
+                    kind=row.kind,
+                    idempotency_key=row.idempotency_key,
+                    payload=row.payload or {},
+                    priority=int(row.priority),
+                    provider=row.provider,
+                    task_id=row.task_id,
+                    subtask_id=row.subtask_id,
+                    attempts=int(row.attempts) + 1,
+                    max_attempts=int(row.max_attempts),
+                    fence=int(row.fence) + 1,
+                    timeout_s=int(row.timeout_s),
+                    worker_id=request.worker_id,
                 )
-            by_timeout: dict[int, list[int]] = defaultdict(list)
-            for job in claimed:
-                by_timeout[job.timeout_s].append(job.id)
-            for timeout_s, job_ids in by_timeout.items():
-                await connection.execute(
-                    _CLAIM_ROWS,
-                    {
-                        "b_ids": job_ids,
-                        "b_owner": worker_id,
-                        "b_now": now,
-                        "b_expires": now + self.lease,
-                        "b_deadline": now + timedelta(seconds=timeout_s) + self._deadline_grace,
-                    },
-                )
-            self._boundary("claim.before_commit", claimed[0].id if claimed else 0)
-        self._boundary("claim.after_commit", claimed[0].id if claimed else 0)
+            )
+        if not claimed:
+            return []
+        by_timeout: dict[int, list[int]] = defaultdict(list)
+        for job in claimed:
+            by_timeout[job.timeout_s].append(job.id)
+        for timeout_s, job_ids in by_timeout.items():
+            await connection.execute(
+                _CLAIM_ROWS,
+                {
+                    "b_ids": job_ids,
+                    "b_owner": request.worker_id,
+                    "b_now": now,
+                    "b_expires": now + self.lease,
+                    "b_deadline": now + timedelta(seconds=timeout_s) + self._deadline_grace,
+                },
+            )
+        self._boundary("claim.before_commit", claimed[0].id)
         return claimed
 
     async def has_claimable(self, kinds: Iterable[str] | None = None) -> bool:
@@ -650,11 +669,14 @@ class JobQueue:
             await connection.execute(update(WORKERS).where(WORKERS.c.id == worker_id).values(heartbeat_at=now))
             if not held_wanted:
                 return set()
-            await connection.execute(
-                update(JOBS)
-                .where(JOBS.c.lease_owner == worker_id, JOBS.c.status == JOB_RUNNING)
-                .values(heartbeat_at=now, lease_expires_at=now + self.lease)
-            )
+            # Only the leases the worker says it runs: a job leased to it that it never started
+            # (a claim whose commit it could not confirm) must expire and be taken back.
+            for ids in _chunks(sorted(held_wanted)):
+                await connection.execute(
+                    update(JOBS)
+                    .where(JOBS.c.id.in_(ids), JOBS.c.lease_owner == worker_id, JOBS.c.status == JOB_RUNNING)
+                    .values(heartbeat_at=now, lease_expires_at=now + self.lease)
+                )
             rows = await connection.execute(
                 select(JOBS.c.id, JOBS.c.fence).where(JOBS.c.lease_owner == worker_id, JOBS.c.status == JOB_RUNNING)
             )
@@ -694,13 +716,33 @@ class JobQueue:
         `batched` (job id → (batch hook, item) pairs): after the per-job hooks, each batch hook runs
         once with the items of the recorded jobs, in job-id order.
         """
+        done, _claimed = await self.complete_and_claim(items, deferred=deferred, batched=batched)
+        return done
+
+    async def complete_and_claim(
+        self,
+        items: Sequence[tuple[Lease, dict[str, Any] | None, Sequence[CommitHook]]],
+        *,
+        deferred: Mapping[int, Deferred] | None = None,
+        batched: Mapping[int, Sequence[tuple[BatchHook, Any]]] | None = None,
+        claim: ClaimRequest | None = None,
+    ) -> tuple[set[int], list[ClaimedJob]]:
+        """`complete_batch`, and in the same transaction the claim of the slots it frees.
+
+        A worker whose jobs finish wants their successors at once: claiming them in the commit that
+        records the results saves a transaction per job when jobs run one after another. The claim
+        comes after the hooks, so jobs they enqueue (a subtask's dependants) can be claimed in the
+        same commit; a crash before the commit loses both, after it leaves the claimed jobs leased
+        to a dead worker, which the next start takes back (the same states as two transactions).
+        """
         checked = sorted(
             ((lease, self._encoded_json(result), tuple(hooks)) for lease, result, hooks in items),
             key=lambda item: item[0].job_id,  # the same lock order as step groups and claims
         )
         done: set[int] = set()
+        claimed: list[ClaimedJob] = []
         if not checked:
-            return done
+            return done, claimed
         now = utcnow()
         async with self._write() as connection:
             fast = False
@@ -747,9 +789,13 @@ class JobQueue:
                 for batch_hook, batch_items in groups.items():
                     await batch_hook(hook_session, batch_items)
                 await hook_session.flush()
+            if claim is not None and not claim.empty:
+                claimed = await self._claim_in(connection, claim, now)
             self._boundary("complete.before_commit", checked[0][0].job_id)
         self._boundary("complete.after_commit", checked[0][0].job_id)
-        return done
+        if claimed:
+            self._boundary("claim.after_commit", claimed[0].id)
+        return done, claimed
 
     async def _complete_one(
         self, connection: AsyncConnection, lease: Lease, result: JSONText, now: datetime

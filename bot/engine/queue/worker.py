@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
@@ -29,6 +29,7 @@ from bot.engine.queue.store import (
     NOTHING_DEFERRED,
     BatchHook,
     ClaimedJob,
+    ClaimRequest,
     CommitHook,
     Deferred,
     JobQueue,
@@ -39,6 +40,7 @@ from bot.logs import get_logger
 log = get_logger(__name__)
 
 Handler = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
+_T = TypeVar("_T")
 Admission = Callable[[], bool]
 DEFAULT_CONCURRENCY = 5
 # Most results recorded in one group commit (bounds one transaction's length).
@@ -222,6 +224,8 @@ class Worker:
         self.on_event = on_event
         self.recover_local_dead_workers = recover_local_dead_workers
         self._inflight: dict[int, tuple[ClaimedJob, asyncio.Task[None]]] = {}
+        # Slots promised to a claim in flight (the claim loop's, or one riding a group commit).
+        self._reserved = 0
         self._lost: set[int] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -301,6 +305,11 @@ class Worker:
         if self._started:
             await self._stopped.wait()
 
+    def _free_slots(self, finishing: frozenset[int] = frozenset()) -> int:
+        """Slots no running job holds or claim in flight has promised; `finishing` jobs count as free."""
+        running = sum(1 for job_id in self._inflight if job_id not in finishing)
+        return self.concurrency - running - self._reserved
+
     # -- loops -------------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
@@ -308,10 +317,11 @@ class Worker:
         retry_in: float | None = None  # after a failed claim: a short, growing pause (deadlock victim)
         while not self._stopping:
             self._wake.clear()
-            free = self.concurrency - len(self._inflight)
+            free = self._free_slots()
             admitted = self.admission is None or self.admission()
             claimed: list[ClaimedJob] = []
             if free > 0 and admitted:
+                self._reserved += free
                 try:
                     claimed = await self.queue.claim(
                         self.worker_id, limit=free, kinds=kinds, provider_slots=self._provider_slots()
@@ -323,6 +333,8 @@ class Worker:
                     retry_in = min(self.poll_s, 0.02 if retry_in is None else retry_in * 2)
                     await asyncio.sleep(retry_in)
                     continue
+                finally:
+                    self._reserved -= free
                 retry_in = None
                 for job in claimed:
                     self._start(job)
@@ -346,7 +358,7 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
                 return
-            if self.concurrency - len(self._inflight) <= 0 or (self.admission is not None and not self.admission()):
+            if self._free_slots() <= 0 or (self.admission is not None and not self.admission()):
                 continue
             try:
                 if await self.queue.has_claimable(kinds):
@@ -354,10 +366,10 @@ class Worker:
             except (DBAPIError, OSError):
                 return  # the claim reports it and waits
 
-    def _provider_slots(self) -> dict[str, int]:
+    def _provider_slots(self, finishing: frozenset[int] = frozenset()) -> dict[str, int]:
         if not self.provider_limits:
             return {}
-        running = Counter(job.provider for job, _task in self._inflight.values())
+        running = Counter(job.provider for job_id, (job, _task) in self._inflight.items() if job_id not in finishing)
         return {provider: limit - running.get(provider, 0) for provider, limit in self.provider_limits.items()}
 
     async def _keep_leases(self) -> None:
@@ -388,15 +400,17 @@ class Worker:
                 log.warning("queue.heartbeat_failed", worker=self.worker_id, error=str(err))
 
     async def _drain(self) -> None:
-        pending = [task for _job, task in self._inflight.values()]
-        if not pending:
-            return
-        _done, still_running = await asyncio.wait(pending, timeout=self._drain_timeout_s)
-        if still_running:
-            self._draining_release = True
-            for task in still_running:
-                task.cancel()
-            await asyncio.wait(still_running)
+        # A group commit in flight when the worker stopped may still start the jobs it claimed:
+        # they are waited for (or handed back) like the rest.
+        deadline = time.monotonic() + self._drain_timeout_s
+        while self._inflight:
+            pending = [task for _job, task in self._inflight.values()]
+            _done, still_running = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+            if still_running:
+                self._draining_release = True
+                for task in still_running:
+                    task.cancel()
+                await asyncio.wait(still_running)
 
     # -- one job -----------------------------------------------------------------------------
 
@@ -509,33 +523,56 @@ class Worker:
                 del self._completions[:MAX_COMMIT_GROUP]
                 await self._commit_group(batch)
 
-    async def _commit_group(self, batch: list[_Completion]) -> None:
+    async def _commit_group(self, batch: list[_Completion], *, claim: bool = True) -> None:
         live = [item for item in batch if not item.outcome.done()]
         if not live:
             return
+        request = self._claim_request(frozenset(item.job.id for item in live)) if claim else None
+        reserved = request.limit if request is not None else 0
+        self._reserved += reserved
         try:
-            done = await self._with_db_retries(
-                lambda: self.queue.complete_batch(
+            done, claimed = await self._with_db_retries(
+                lambda: self.queue.complete_and_claim(
                     [(item.job.lease, item.result, item.hooks) for item in live],
                     deferred={item.job.id: item.deferred for item in live if item.deferred},
                     batched={item.job.id: item.batched for item in live if item.batched},
+                    claim=request,
                 )
             )
         except Exception as err:
             # Some hook (or the database) failed the whole group: retry each job alone so one bad
             # result only fails its own job; a lone failure goes back to that job's runner.
+            self._reserved -= reserved
             if len(live) == 1:
                 if not live[0].outcome.done():
                     live[0].outcome.set_exception(err)
                 return
             for item in live:
-                await self._commit_group([item])
+                await self._commit_group([item], claim=False)
             return
+        self._reserved -= reserved
         for item in live:
             if not item.outcome.done():
                 item.outcome.set_result(item.job.id in done)
+        for job in claimed:
+            self._start(job)
 
-    async def _with_db_retries(self, operation: Callable[[], Awaitable[set[int]]]) -> set[int]:
+    def _claim_request(self, finishing: frozenset[int]) -> ClaimRequest | None:
+        """The claim a group commit carries: the slots its jobs free, unless the worker may not claim.
+
+        Jobs run one after another (concurrency 1, or a full worker) otherwise cost a claim
+        transaction each: the finished job's commit would wake the claim loop to claim its
+        successor in a transaction of its own.
+        """
+        if self._stopping or not self._started or (self.admission is not None and not self.admission()):
+            return None
+        free = self._free_slots(finishing)
+        if free <= 0:
+            return None
+        return ClaimRequest(worker_id=self.worker_id, limit=free, kinds=tuple(sorted(self.handlers)),
+                            provider_slots=self._provider_slots(finishing))
+
+    async def _with_db_retries(self, operation: Callable[[], Awaitable[_T]]) -> _T:
         # A busy or briefly unreachable database must not cost finished jobs their results: retry
         # a few times (the writes are fenced, so a retry after an unseen commit is refused, not doubled).
         for attempt in range(4):
