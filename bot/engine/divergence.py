@@ -230,8 +230,8 @@ async def measure_divergence(
         return combine(verdict=verdict, semantic=0.0, claims=ClaimComparison(0.0, False), similarity=1.0,
                        embedder="none")
     chosen = embedder or default_embedder()
-    vector_a, vector_b = await chosen.embed([answer, reference])
-    similarity = cosine(vector_a, vector_b)
+    vectors = await chosen.embed_rows([answer, reference])
+    similarity = cosine(vectors[0], vectors[1])
     return combine(
         verdict=verdict,
         semantic=semantic_term(similarity, chosen.name),

@@ -44,9 +44,8 @@ class Vectors:
         if not texts:
             return
         started = time.perf_counter()
-        vectors = await self.embedder.embed(texts)
+        rows = await self.embedder.embed_rows(texts)
         self.model_ms += (time.perf_counter() - started) * 1000
-        rows = np.asarray(vectors, dtype=np.float64)
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         rows = rows / np.where(norms == 0, 1.0, norms)
         offset = len(self._index)
