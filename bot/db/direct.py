@@ -55,6 +55,9 @@ class _Prepared:
     binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]
     # (bind name, Python-side default) for columns the caller left to their default.
     defaults: tuple[tuple[str, Callable[[], Any]], ...]
+    # Builds a row's tuple from a parameter dict with the prepared keys (see `_binder`); None
+    # when the statement needs SQLAlchemy's own `construct_params` for every row.
+    binder: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
 
 
 def _default_of(column: Any, *, insert: bool) -> Callable[[], Any] | None:
@@ -88,7 +91,57 @@ def _prepare(connection: AsyncConnection, statement: Any, keys: Sequence[str], m
             defaults.append((column.key, default))
     processors = compiled._bind_processors
     binds = tuple((name, cast(Callable[[Any], Any] | None, processors.get(name))) for name in compiled.positiontup)
-    return _Prepared(compiled=compiled, sql=compiled.string, binds=binds, defaults=tuple(defaults))
+    return _Prepared(compiled=compiled, sql=compiled.string, binds=binds, defaults=tuple(defaults),
+                     binder=_binder(compiled, keys, binds, defaults))
+
+
+def _binder(compiled: SQLCompiler, keys: Sequence[str], binds: Sequence[tuple[str, Callable[[Any], Any] | None]],
+            defaults: Sequence[tuple[str, Callable[[], Any]]]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]] | None:
+    """A function from a parameter dict to the bound tuple, generated once per prepared statement.
+
+    `construct_params` walks every bind of the statement for every row (half of what a row cost
+    to bind). The parameter names of a prepared statement are known, so where each value comes
+    from is decided here, by the rules `construct_params` applies (the bind's key, then its name,
+    in the caller's parameters; else its own value or callable; a Python-side default last), and
+    the row becomes one tuple expression. A row missing one of those names fails the lookup and
+    goes through `construct_params` instead, which raises or fills in as SQLAlchemy does.
+    """
+    # Names escaped for the dialect, parameters collected at compile time (SQLAlchemy merges them
+    # under the caller's), post-compile rendering: rows of such statements take the general route.
+    if compiled.escaped_bind_names or getattr(compiled, "_collected_params", None) or compiled._render_postcompile:
+        return None
+    present = set(keys)
+    sources: dict[str, tuple[str, Any]] = {}
+    for bind, name in compiled.bind_names.items():  # in SQLAlchemy's order: a later bind of a name wins
+        if bind.key in present:
+            sources[name] = ("read", bind.key)
+        elif name in present:
+            sources[name] = ("read", name)
+        elif bind.required:
+            return None
+        elif bind.callable:
+            sources[name] = ("call", lambda bind=bind: bind.effective_value)
+        else:
+            sources[name] = ("value", bind.value)
+    for name, default in defaults:
+        sources[name] = ("call", default)
+    constants: list[Any] = []
+
+    def constant(value: Any) -> str:
+        constants.append(value)
+        return f"c[{len(constants) - 1}]"
+
+    parts = []
+    for name, process in binds:
+        if name not in sources:
+            return None
+        kind, arg = sources[name]
+        value = f"row[{arg!r}]" if kind == "read" else constant(arg) if kind == "value" else f"{constant(arg)}()"
+        parts.append(value if process is None else f"{constant(process)}({value})")
+    namespace: dict[str, Any] = {}
+    body = f"({', '.join(parts)},)" if parts else "()"
+    exec(f"def bind(row, c=c):\n    return {body}", {"c": constants}, namespace)  # noqa: S102
+    return cast(Callable[[Mapping[str, Any]], tuple[Any, ...]], namespace["bind"])
 
 
 _prepared: dict[tuple[int, tuple[str, ...], bool], tuple[Any, _Prepared | None]] = {}
@@ -108,6 +161,11 @@ def _prepared_for(connection: AsyncConnection, statement: Any, keys: tuple[str, 
 
 
 def _row(prepared: _Prepared, params: Mapping[str, Any]) -> tuple[Any, ...]:
+    if prepared.binder is not None:
+        try:
+            return prepared.binder(params)
+        except KeyError:
+            pass  # a row without one of the prepared names: SQLAlchemy's rules below decide
     values = prepared.compiled.construct_params(params, escape_names=False)
     for name, default in prepared.defaults:
         values[name] = default()

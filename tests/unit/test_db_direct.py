@@ -22,7 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.db.direct import DmlResult, execute_dml
+from bot.db.direct import DmlResult, _prepared_for, execute_dml
 from bot.db.engine import create_engine, sqlite_writer
 from bot.db.models import CreditUsage, Task
 from bot.db.models.queue import Job
@@ -41,6 +41,9 @@ INSERT_TASK = insert(TASKS)
 RENAME_TASK = update(TASKS).where(TASKS.c.id == bindparam("b_id")).values(title=bindparam("b_title"))
 FAIL_JOBS = update(JOBS).where(JOBS.c.id.in_(bindparam("b_ids", expanding=True))).values(status="failed")
 DROP_JOB = delete(JOBS).where(JOBS.c.idempotency_key == bindparam("b_key"))
+# Values the statement carries itself: a literal, a bound constant in an expression, a callable.
+MARK = update(JOBS).where(JOBS.c.idempotency_key == bindparam("b_key")).values(
+    status="running", attempts=JOBS.c.attempts + 2, error=bindparam("b_error", callable_=lambda: "from a callable"))
 
 
 def _job(key: str, **extra: Any) -> dict[str, Any]:
@@ -103,6 +106,8 @@ async def _scenario(connection: AsyncConnection, run: Run) -> list[Any]:
         await run(connection, INSERT_USAGE, [{"prompt_tokens": 1, "completion_tokens": 2, "at": WHEN},
                                              {"prompt_tokens": 3, "completion_tokens": 4, "at": WHEN}]),
         await run(connection, RENAME_TASK, {"b_id": 1, "b_title": "renamed"}),
+        await run(connection, MARK, {"b_key": "a"}),  # the callable's value
+        await run(connection, MARK, [{"b_key": "b", "b_error": "given"}, {"b_key": "d", "b_error": None}]),
         await run(connection, FAIL_JOBS, {"b_ids": [2, 3]}),  # expanding IN: SQLAlchemy's path
         await run(connection, DROP_JOB, {"b_key": "c"}),
     ]
@@ -121,6 +126,8 @@ async def test_direct_writes_store_what_sqlalchemy_stores(sqlite_template: Path,
                 assert "IN (" in through_sqlalchemy[0]
     assert reports["direct"] == reports["sqlalchemy"]
     assert reports["direct"][2][0] == 0 and reports["direct"][4][0] == 1  # the duplicate, the stale fence
+    errors = {row["idempotency_key"][0]: row["error"][0] for row in _rows(paths["direct"], "jobs")}
+    assert errors == {"a": "from a callable", "b": "given", "d": None}
     for table, skip in (("jobs", ("created_at", "updated_at")), ("credit_usage", ("at",)),
                         ("tasks", ("created_at", "updated_at"))):
         direct, reference = _rows(paths["direct"], table, skip=skip), _rows(paths["sqlalchemy"], table, skip=skip)
@@ -142,6 +149,9 @@ async def test_errors_are_sqlalchemys_and_the_transaction_survives(sqlite_templa
             await execute_dml(connection, INSERT_USAGE, {"task_id": 424242})
         with pytest.raises(IntegrityError, match="NOT NULL"):
             await execute_dml(connection, INSERT_JOB, {"kind": "test"})
+        with pytest.raises(StatementError, match="A value is required for bind parameter 'b_later'"):
+            await execute_dml(connection, TOUCH, [{"b_id": 1, "b_fence": 0, "b_now": WHEN, "b_later": WHEN},
+                                                  {"b_id": 1, "b_fence": 0, "b_now": WHEN}])
         with pytest.raises(StatementError, match="naive datetimes are ambiguous"):
             await execute_dml(connection, TOUCH, {"b_id": 1, "b_fence": 0, "b_now": datetime(2026, 1, 1),
                                                   "b_later": WHEN})
@@ -183,3 +193,27 @@ def test_sqlite_datetimes_are_stored_as_sqlalchemys_datetime_stores_them(moment:
     assert ours(None) is None
     with pytest.raises(ValueError, match="naive"):
         ours(moment.replace(tzinfo=None))
+
+
+async def test_prepared_statements_bind_rows_as_construct_params_does(sqlite_template: Path, tmp_path: Path) -> None:
+    """The generated binder is used, and gives the tuple SQLAlchemy's `construct_params` route gives."""
+    path = tmp_path / "binder.db"
+    shutil.copyfile(sqlite_template, path)
+    cases = [(TOUCH, {"b_id": 1, "b_fence": 0, "b_now": WHEN, "b_later": WHEN + timedelta(seconds=1)}),
+             (MARK, {"b_key": "x"}), (MARK, {"b_key": "x", "b_error": "e"}),
+             (RENAME_TASK, {"b_id": 3, "b_title": "ü"}), (DROP_JOB, {"b_key": "k"}),
+             (INSERT_JOB, {**_job("j"), "created_at": WHEN, "updated_at": WHEN})]
+    async with _writer(path) as (connection, _through):
+        for statement, row in cases:
+            prepared = _prepared_for(connection, statement, tuple(row), False)
+            assert prepared is not None and prepared.binder is not None
+            values = prepared.compiled.construct_params(row, escape_names=False)
+            for name, default in prepared.defaults:
+                values[name] = default()
+            expected = tuple(values[name] if process is None else process(values[name])
+                             for name, process in prepared.binds)
+            timed = {name for name, _default in prepared.defaults}  # `updated_at`: now, on both routes
+            bound = prepared.binder(row)
+            assert len(bound) == len(expected)
+            for (name, _process), got, want in zip(prepared.binds, bound, expected, strict=True):
+                assert got == want or (name in timed and len(got) == len(want)), name
