@@ -64,12 +64,25 @@ class UTCDateTime(TypeDecorator[datetime]):
         # SQLite stores text: this writes the text SQLAlchemy's DATETIME writes (its default
         # storage format, microseconds always present) in one C call instead of two processors
         # and a %-format per value; a queue write binds a dozen datetimes.
+        # A write binds the same moment many times (`now` of a group commit on every row): the
+        # last value's text is kept, by identity (a tuple, so a reader never sees half of it).
+        last: tuple[datetime | None, str | None] = (None, None)
+
         def process(value: datetime | None) -> str | None:
+            nonlocal last
             if value is None:
                 return None
-            if value.tzinfo is None:
+            seen, text = last
+            if value is seen:
+                return text
+            if value.tzinfo is UTC:
+                text = value.isoformat(" ", "microseconds")[:-6]  # without its "+00:00"
+            elif value.tzinfo is None:
                 raise ValueError(_NAIVE)
-            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            else:
+                text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            last = (value, text)
+            return text
 
         return process
 

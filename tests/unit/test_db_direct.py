@@ -193,6 +193,12 @@ def test_sqlite_datetimes_are_stored_as_sqlalchemys_datetime_stores_them(moment:
     assert ours(None) is None
     with pytest.raises(ValueError, match="naive"):
         ours(moment.replace(tzinfo=None))
+    # The last value's text is remembered by identity: an equal moment in another zone, the same
+    # object again, and a different one each get their own text.
+    other = moment.astimezone(timezone(timedelta(hours=5)))
+    later = moment + timedelta(microseconds=1)
+    for value in (moment, moment, other, later, moment, later.astimezone(timezone.utc)):
+        assert ours(value) == theirs(value.astimezone(UTC).replace(tzinfo=None))
 
 
 async def test_prepared_statements_bind_rows_as_construct_params_does(sqlite_template: Path, tmp_path: Path) -> None:
