@@ -26,11 +26,13 @@ from bot.logs import get_logger
 log = get_logger(__name__)
 _WORD = re.compile(r"\w+", re.UNICODE)
 # A feature's weight by its count in a text (1 + ln count), looked up instead of computed.
-_WEIGHTS = (0.0, 1.0, *(1.0 + math.log(count) for count in range(2, 256)))
+_WEIGHTS = (0.0, 1.0, *(1.0 + math.log(count) for count in range(2, 1024)))
 
 
-def _weight(count: int) -> float:
-    return _WEIGHTS[count] if count < 256 else 1.0 + math.log(count)
+def _weights(counts: Counter[str]) -> Iterable[float]:
+    if max(counts.values(), default=0) < len(_WEIGHTS):
+        return map(_WEIGHTS.__getitem__, counts.values())
+    return (1.0 + math.log(count) if count > 1 else 1.0 for count in counts.values())
 
 
 class Embedder(Protocol):
@@ -123,7 +125,7 @@ class LexicalEmbedder:
                                          ("c:", self._gram_slots, Counter(trigrams))):
                 slots = self._slots_of(prefix, memo, counts)
                 flat.extend([base + slot for slot in slots] if base else slots)
-                weights.extend(map(_weight, counts.values()))
+                weights.extend(_weights(counts))
         size = len(texts) * self.dimensions
         summed = np.bincount(np.asarray(flat, dtype=np.intp), weights=np.asarray(weights, dtype=np.float64),
                              minlength=size).reshape(len(texts), self.dimensions)

@@ -122,7 +122,7 @@ async def test_remembered_feature_slots_never_change_a_vector() -> None:
         return [v / norm for v in vector]
 
     texts = [pair[key] for pair in PAIRS for key in ("answer", "reference")]
-    texts += ["", "The capital of France is Paris. Paris, Paris!", "naïve café 東京 123"]
+    texts += ["", "The capital of France is Paris. Paris, Paris!", "naïve café 東京 123", "go " * 1500]
     tiny = LexicalEmbedder()
     tiny.cache_size = 5  # starts afresh many times per text
     reused = LexicalEmbedder()
