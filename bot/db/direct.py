@@ -24,13 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Delete, Insert, Update
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from bot.db.engine import inline_sqlite_connection
+from bot.db.engine import inline_sqlite_connection, inline_sqlite_driver
 
 Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 
@@ -215,7 +215,29 @@ async def execute_sql(connection: AsyncConnection, sql: str) -> None:
     if raw is None:
         await connection.exec_driver_sql(sql)
         return
+    _run_sql(raw, sql)
+
+
+def execute_sql_sync(connection: Connection, sql: str) -> None:
+    """`execute_sql` from SQLAlchemy's synchronous side (inside its greenlet, as `run_sync` runs)."""
+    raw = inline_sqlite_driver(connection)
+    if raw is None:
+        connection.exec_driver_sql(sql)
+        return
+    _run_sql(raw, sql)
+
+
+def _run_sql(raw: sqlite3.Connection, sql: str) -> None:
     try:
         raw.execute(sql).close()
     except sqlite3.Error as err:
         raise DBAPIError.instance(sql, (), err, sqlite3.Error) from err
+
+
+async def flush_pending(session: AsyncSession) -> None:
+    """`session.flush()` when the session holds changes: a flush with none still costs a greenlet.
+
+    Commit hooks mostly write Core rows through `execute_dml`, leaving the session clean.
+    """
+    if session.new or session.dirty or session.deleted:
+        await session.flush()

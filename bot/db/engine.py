@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import aiosqlite
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -193,7 +193,12 @@ def inline_sqlite_connection(connection: AsyncConnection) -> sqlite3.Connection 
     (see `bot.db.direct`); None for every other kind of connection.
     """
     sync = connection.sync_connection
-    if sync is None or not sync.in_transaction():
+    return None if sync is None else inline_sqlite_driver(sync)
+
+
+def inline_sqlite_driver(sync: Connection) -> sqlite3.Connection | None:
+    """`inline_sqlite_connection` for SQLAlchemy's synchronous side of a connection."""
+    if not sync.in_transaction():
         return None
     driver = sync.connection.driver_connection
     if type(driver) is not _InlineSqliteConnection:

@@ -25,18 +25,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql import Executable
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 from bot.db.base import utcnow
-from bot.db.direct import execute_dml, execute_sql
+from bot.db.direct import execute_dml, execute_sql, execute_sql_sync, flush_pending
 from bot.db.engine import JSONText, is_sqlite, read_connection, sqlite_writer
 from bot.db.models.queue import (
     CHECKPOINT_PARTIAL,
@@ -71,6 +72,7 @@ _IN_CHUNK = 500
 # An orphaned job (its worker died) is dead-lettered after this many × max_attempts claims.
 ORPHAN_CLAIM_FACTOR = 3
 
+_T = TypeVar("_T")
 CommitHook = Callable[[AsyncSession], Awaitable[None]]
 # Runs once per group commit with the items every job of the group registered for it (see
 # JobContext.on_commit_batch): one statement for many jobs' rows instead of one per job.
@@ -270,6 +272,28 @@ async def _committed(connection: AsyncConnection) -> AsyncIterator[AsyncConnecti
     await connection.commit()
 
 
+def _checkout_immediate(engine: Engine) -> Connection:
+    """Check a connection out, begin SQLAlchemy's transaction and take SQLite's write lock."""
+    connection = engine.connect()
+    try:
+        connection.begin()  # SQLAlchemy's side of the transaction: no SQL on SQLite
+        execute_sql_sync(connection, "BEGIN IMMEDIATE")
+    except BaseException:
+        connection.close()  # back to the pool, rolled back
+        raise
+    return connection
+
+
+def _end(connection: Connection | None, *, commit: bool) -> None:
+    """Commit (or roll back) and return the connection to the pool, in one synchronous call."""
+    assert connection is not None
+    try:
+        if commit:
+            connection.commit()
+    finally:
+        connection.close()  # rolls back whatever is still open
+
+
 def _lease_matches(lease: Lease) -> Any:
     return and_(
         JOBS.c.id == lease.job_id,
@@ -433,22 +457,44 @@ class JobQueue:
                     yield connection
             return
         async with self._write_lock:
-            # Opened and closed explicitly, not with `async with`: its exit closes the connection
-            # in a shielded task, a trip round the event loop while holding the lock; the
-            # in-loop connection's own calls never leave the loop turn.
-            connection = await self._writer.engine.connect().start()
+            # Opened, begun and ended in one synchronous call each: every call into SQLAlchemy's
+            # async layer runs in a new greenlet, which costs more than the SQLite work of a
+            # small transaction (a fresh Python data stack, mapped and unmapped, per greenlet).
+            # Nothing here leaves the loop turn: the in-loop connection never waits.
+            connection = await self._begin_immediate()
             try:
-                # Every transaction takes the write lock up front, so no other process can claim
-                # the rows it reads, and nothing after this statement ever waits for a lock.
-                await self._begin_immediate(connection)
-                async with _committed(connection):
-                    yield connection
-                self._writer.committed()
-            finally:
-                await connection.close()
+                yield connection
+            except BaseException:
+                await greenlet_spawn(_end, connection.sync_connection, commit=False)
+                raise
+            await greenlet_spawn(_end, connection.sync_connection, commit=True)
+            self._writer.committed()
 
-    async def _begin_immediate(self, connection: AsyncConnection) -> None:
-        """Take SQLite's write lock, waiting asynchronously while another connection holds it.
+    async def _begin_immediate(self) -> AsyncConnection:
+        """The writer's connection inside a transaction holding SQLite's write lock."""
+        assert self._writer is not None
+        engine = self._writer.engine
+
+        async def attempt() -> AsyncConnection:
+            return AsyncConnection(engine, await greenlet_spawn(_checkout_immediate, engine.sync_engine))
+
+        return await self._waiting_for_the_lock(attempt)
+
+    async def _relock(self, connection: AsyncConnection) -> None:
+        """Begin again on the writer's connection after a rollback (see `_begin_immediate`)."""
+
+        async def attempt() -> None:
+            await connection.begin()
+            try:
+                await execute_sql(connection, "BEGIN IMMEDIATE")
+            except OperationalError:
+                await connection.rollback()
+                raise
+
+        await self._waiting_for_the_lock(attempt)
+
+    async def _waiting_for_the_lock(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """`attempt` to take SQLite's write lock, again and again while another connection holds it.
 
         The writer's connection runs on the event loop without a busy handler, so a held lock
         fails at once; waiting here instead lets the holder (another process, or an aiosqlite
@@ -457,12 +503,9 @@ class JobQueue:
         deadline = time.monotonic() + self._busy_wait_s
         delay = 0.001
         while True:
-            await connection.begin()  # SQLAlchemy's side of the transaction: no SQL on SQLite
             try:
-                await execute_sql(connection, "BEGIN IMMEDIATE")
-                return
+                return await attempt()
             except OperationalError as err:
-                await connection.rollback()
                 if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() >= deadline:
                     raise
             await asyncio.sleep(delay)
@@ -761,7 +804,7 @@ class JobQueue:
                 else:
                     await connection.rollback()
                     if self._writer is not None:
-                        await self._begin_immediate(connection)
+                        await self._relock(connection)
             if not fast:
                 for lease, result, _hooks in checked:
                     if await self._complete_one(connection, lease, result, now):
@@ -788,7 +831,7 @@ class JobQueue:
                         await hook(hook_session)
                 for batch_hook, batch_items in groups.items():
                     await batch_hook(hook_session, batch_items)
-                await hook_session.flush()
+                await flush_pending(hook_session)
             if claim is not None and not claim.empty:
                 claimed = await self._claim_in(connection, claim, now)
             self._boundary("complete.before_commit", checked[0][0].job_id)
