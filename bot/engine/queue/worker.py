@@ -38,9 +38,9 @@ from bot.engine.queue.store import (
 from bot.logs import get_logger
 
 log = get_logger(__name__)
+_T = TypeVar("_T")
 
 Handler = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
-_T = TypeVar("_T")
 Admission = Callable[[], bool]
 DEFAULT_CONCURRENCY = 5
 # Most results recorded in one group commit (bounds one transaction's length).
@@ -531,18 +531,20 @@ class Worker:
         reserved = request.limit if request is not None else 0
         self._reserved += reserved
         try:
-            done, claimed = await self._with_db_retries(
-                lambda: self.queue.complete_and_claim(
-                    [(item.job.lease, item.result, item.hooks) for item in live],
-                    deferred={item.job.id: item.deferred for item in live if item.deferred},
-                    batched={item.job.id: item.batched for item in live if item.batched},
-                    claim=request,
+            try:
+                done, claimed = await self._with_db_retries(
+                    lambda: self.queue.complete_and_claim(
+                        [(item.job.lease, item.result, item.hooks) for item in live],
+                        deferred={item.job.id: item.deferred for item in live if item.deferred},
+                        batched={item.job.id: item.batched for item in live if item.batched},
+                        claim=request,
+                    )
                 )
-            )
+            finally:
+                self._reserved -= reserved
         except Exception as err:
             # Some hook (or the database) failed the whole group: retry each job alone so one bad
             # result only fails its own job; a lone failure goes back to that job's runner.
-            self._reserved -= reserved
             if len(live) == 1:
                 if not live[0].outcome.done():
                     live[0].outcome.set_exception(err)
@@ -550,7 +552,6 @@ class Worker:
             for item in live:
                 await self._commit_group([item], claim=False)
             return
-        self._reserved -= reserved
         for item in live:
             if not item.outcome.done():
                 item.outcome.set_result(item.job.id in done)
