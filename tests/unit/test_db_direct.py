@@ -197,7 +197,7 @@ def test_sqlite_datetimes_are_stored_as_sqlalchemys_datetime_stores_them(moment:
     # object again, and a different one each get their own text.
     other = moment.astimezone(timezone(timedelta(hours=5)))
     later = moment + timedelta(microseconds=1)
-    for value in (moment, moment, other, later, moment, later.astimezone(timezone.utc)):
+    for value in (moment, moment, other, later, moment, later.astimezone(timezone(timedelta(0)))):
         assert ours(value) == theirs(value.astimezone(UTC).replace(tzinfo=None))
 
 
