@@ -610,6 +610,36 @@ async def test_graceful_stop_hands_back_unfinished_jobs(engine: AsyncEngine) -> 
     assert (await queue.checkpoints(job_id))["out"].data == "half"
 
 
+async def test_a_stop_during_a_commit_that_claims_still_drains_what_it_claimed(engine: AsyncEngine) -> None:
+    """Stopped while a success commit (carrying the next claim) runs: the claimed job is not orphaned."""
+    stopping: list[asyncio.Task[None]] = []
+    holder: list[Worker] = []
+
+    def boundary(name: str, _job_id: int) -> None:
+        if name == "complete.before_commit" and not stopping:
+            stopping.append(asyncio.get_running_loop().create_task(holder[0].stop(drain_timeout_s=0.2)))
+
+    queue = JobQueue(engine, boundary_hook=boundary)
+    ids = [job_id for job_id, _ in [await queue.enqueue(spec(f"d{i}", priority=9 - i)) for i in range(2)]]
+    second_started = asyncio.Event()
+
+    async def handler(ctx: JobContext) -> dict[str, Any]:
+        if ctx.job.idempotency_key == "d1":
+            second_started.set()
+            await asyncio.Event().wait()  # still running when the drain times out: handed back
+        return {"key": ctx.job.idempotency_key}
+
+    worker = Worker(queue=queue, handlers={KIND: handler}, concurrency=1, poll_s=0.05)
+    holder.append(worker)
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(run, timeout=10)
+    await stopping[0]
+    assert second_started.is_set()  # the commit claimed it and the worker started it while stopping
+    first, second = [await queue.get(job_id) for job_id in ids]
+    assert first.status == "succeeded"
+    assert (second.status, second.attempts, second.lease_owner) == ("queued", 0, None)
+
+
 async def test_resumed_attempt_continues_from_checkpoint_and_skips_done_steps(
     engine: AsyncEngine,
 ) -> None:
