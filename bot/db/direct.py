@@ -24,10 +24,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy.engine import Connection, CursorResult
+from sqlalchemy.engine import Connection, CursorResult, Dialect, Result
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.sql import Delete, Insert, Update
+from sqlalchemy.sql import Delete, Insert, Select, Update
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from bot.db.engine import inline_sqlite_connection, inline_sqlite_driver
@@ -58,6 +59,9 @@ class _Prepared:
     # Builds a row's tuple from a parameter dict with the prepared keys (see `_binder`); None
     # when the statement needs SQLAlchemy's own `construct_params` for every row.
     binder: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
+    # A SELECT's result columns: their keys and result processors, as SQLAlchemy's own result
+    # would have them (None for DML).
+    columns: SimpleResultMetaData | None = None
 
 
 def _default_of(column: Any, *, insert: bool) -> Callable[[], Any] | None:
@@ -158,6 +162,75 @@ def _prepared_for(connection: AsyncConnection, statement: Any, keys: tuple[str, 
     # The statement itself is kept with its entry, so its id cannot be reused while cached.
     _prepared[cache_key] = (statement, prepared)
     return prepared
+
+
+def _prepare_select(dialect: Dialect, statement: Any, keys: Sequence[str]) -> _Prepared | None:
+    # Core SELECTs only: ORM-enabled ones have their own result handling (entities, loaders).
+    if not isinstance(statement, Select) or statement._propagate_attrs:
+        return None
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+    if not isinstance(compiled, SQLCompiler) or not compiled.positional or compiled.positiontup is None:
+        return None
+    if compiled.literal_execute_params or compiled.post_compile_params:
+        return None
+    # SQLAlchemy matches such results' columns by name, not position: its own route decides.
+    if (not compiled._ordered_columns or compiled._textual_ordered_columns or compiled._ad_hoc_textual
+            or compiled._loose_column_name_matching):
+        return None
+    names = [entry.keyname for entry in compiled._result_columns]
+    if not names or len(set(names)) != len(names):
+        return None
+    # The processors SQLAlchemy's cursor result applies in this positional case (sqlite3 reports
+    # no column types, so the type code is None as there).
+    processors = [entry.type._cached_result_processor(dialect, None) for entry in compiled._result_columns]
+    bind_processors = compiled._bind_processors
+    binds = tuple((name, cast(Callable[[Any], Any] | None, bind_processors.get(name)))
+                  for name in compiled.positiontup)
+    return _Prepared(compiled=compiled, sql=compiled.string, binds=binds, defaults=(),
+                     binder=_binder(compiled, keys, binds, ()),
+                     columns=SimpleResultMetaData(names, _processors=processors))
+
+
+_selects: dict[tuple[int, tuple[str, ...], str], tuple[Any, _Prepared | None]] = {}
+
+
+def fetch(raw: sqlite3.Connection, dialect: Dialect, statement: Any,
+          params: Mapping[str, Any] | None = None) -> Result[Any] | None:
+    """Run a Core SELECT on an in-loop sqlite3 connection; None when it is not one this covers.
+
+    The read-side twin of `execute_dml`, for the engine's hot-path lookups (`LazyReads`) and the
+    queue's claim: compiled by SQLAlchemy once per statement and set of parameter names, bound by
+    the same processors, every row fetched and closed at once, and handed back as a SQLAlchemy
+    `Result` whose rows carry the keys and result processors SQLAlchemy's own result would
+    (tested side by side). Statements it does not cover — ORM selects, expanding IN parameters,
+    textual SQL — return None and the caller runs them through SQLAlchemy.
+    """
+    values = params or {}
+    keys = tuple(values)
+    cache_key = (id(statement), keys, dialect.name)
+    found = _selects.get(cache_key)
+    if found is not None and found[0] is statement:
+        prepared = found[1]
+    else:
+        if len(_selects) >= MAX_PREPARED:
+            _selects.clear()
+        prepared = _prepare_select(dialect, statement, keys)
+        _selects[cache_key] = (statement, prepared)  # kept with the statement: its id stays unique
+    if prepared is None:
+        return None
+    try:
+        bound = _row(prepared, values)
+    except Exception as err:  # a bind processor refused a value: reported as SQLAlchemy does
+        raise StatementError(str(err), prepared.sql, params, err) from err
+    try:
+        cursor = raw.execute(prepared.sql, bound)
+        try:
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+    except sqlite3.Error as err:
+        raise DBAPIError.instance(prepared.sql, bound, err, sqlite3.Error) from err
+    return IteratorResult(cast(SimpleResultMetaData, prepared.columns), iter(rows))
 
 
 def _row(prepared: _Prepared, params: Mapping[str, Any]) -> tuple[Any, ...]:

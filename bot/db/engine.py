@@ -129,18 +129,23 @@ def _install_sqlite_pragmas(
 ) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            if query_only:
-                cursor.execute("PRAGMA query_only=ON")
-            if not autocheckpoint:
-                cursor.execute("PRAGMA wal_autocheckpoint=0")
-        finally:
-            cursor.close()
+        _set_pragmas(dbapi_connection, busy_timeout_ms=busy_timeout_ms, query_only=query_only,
+                     autocheckpoint=autocheckpoint)
+
+
+def _set_pragmas(dbapi_connection: Any, *, busy_timeout_ms: int, query_only: bool, autocheckpoint: bool) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        if query_only:
+            cursor.execute("PRAGMA query_only=ON")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
+    finally:
+        cursor.close()
 
 
 class _InlineSqliteConnection(aiosqlite.Connection):
@@ -313,6 +318,66 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
         await connection.close()
 
 
+class RawReaders:
+    """In-loop read-only sqlite3 connections to one database file, outside SQLAlchemy's pool.
+
+    `sqlite_reader`'s pool hands out connections through SQLAlchemy's async layer: a greenlet to
+    check one out, another to return it (its reset-on-return rollback), one per statement. Hot-path
+    reads that `bot.db.direct.fetch` can run take a connection from here instead: the same pragmas
+    (read-only, WAL, a short busy timeout), no greenlet. Used from the event loop's thread only.
+    """
+
+    def __init__(self, database: str, *, keep: int = 4) -> None:
+        self.database = database
+        self.keep = keep
+        self._idle: list[sqlite3.Connection] = []
+
+    def take(self) -> sqlite3.Connection:
+        """An idle connection, or a new one."""
+        if self._idle:
+            return self._idle.pop()
+        connection = sqlite3.connect(self.database, timeout=READER_BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        try:
+            _set_pragmas(connection, busy_timeout_ms=READER_BUSY_TIMEOUT_MS, query_only=True, autocheckpoint=True)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def give(self, connection: sqlite3.Connection) -> None:
+        """Back to the idle list (at most `keep` stay open)."""
+        try:
+            if connection.in_transaction:
+                connection.rollback()
+        except sqlite3.Error:
+            connection.close()
+            return
+        if len(self._idle) < self.keep:
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        while self._idle:
+            self._idle.pop().close()
+
+
+_raw_readers: weakref.WeakKeyDictionary[Any, RawReaders] = weakref.WeakKeyDictionary()
+
+
+def raw_readers(engine: AsyncEngine) -> RawReaders | None:
+    """The `RawReaders` of a file SQLite engine (None for other engines and in-memory databases)."""
+    found = _raw_readers.get(engine.sync_engine)
+    if found is not None:
+        return found
+    database = _file_database(engine)
+    if database is None:
+        return None
+    found = _raw_readers[engine.sync_engine] = RawReaders(database)
+    return found
+
+
 class Reads(Protocol):
     """Where read statements run: an ORM session, a connection, or `LazyReads`."""
 
@@ -332,6 +397,7 @@ class LazyReads:
         self._engine = engine
         self._stack = stack
         self._connection: AsyncConnection | None = None
+        self._raw: sqlite3.Connection | None = None
 
     @property
     def dialect_name(self) -> str:
@@ -339,7 +405,24 @@ class LazyReads:
         return self._engine.dialect.name
 
     async def execute(self, statement: Any, parameters: Any = None, /) -> Any:
-        """Run one statement on the connection, taking it first if needed."""
+        """Run one statement, taking a connection first if needed.
+
+        On a SQLite file, a statement `bot.db.direct.fetch` covers runs on a raw in-loop reader
+        (`RawReaders`) and returns the same rows as SQLAlchemy would; any other goes through
+        `read_connection`.
+        """
+        if self._connection is None and type(parameters) is not list:
+            if self._raw is None:
+                pool = raw_readers(self._engine)
+                if pool is not None:
+                    self._raw = pool.take()
+                    self._stack.callback(pool.give, self._raw)
+            if self._raw is not None:
+                from bot.db.direct import fetch
+
+                result = fetch(self._raw, self._engine.dialect, statement, parameters)
+                if result is not None:
+                    return result
         if self._connection is None:
             self._connection = await self._stack.enter_async_context(read_connection(self._engine))
         return await self._connection.execute(statement, parameters)

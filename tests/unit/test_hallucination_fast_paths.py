@@ -13,9 +13,10 @@ import numpy as np
 
 from bot.engine.embeddings import LexicalEmbedder
 from bot.engine.hallucination import CheckInput, HallucinationChecker, StreamGuard
-from bot.engine.hallucination.blas import _controls, single_thread
+from bot.engine.hallucination.blas import SERIAL_BELOW, _controls, single_thread
 from bot.engine.hallucination.temporal import MONTH_PREFIXES, MONTHS, mentions
 from bot.engine.hallucination.text import content_stems, numbers, numbers_in, parse, stems_of, words
+from bot.engine.hallucination.vectors import Vectors
 
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 
@@ -100,3 +101,15 @@ def test_single_thread_blas_restores_the_thread_count() -> None:
         inside = a @ b.T
     assert (controls[0]() if controls else None) == before
     assert np.allclose(inside, expected, rtol=1e-12, atol=0)  # only the summation split differs
+
+
+def test_products_below_the_serial_bound_are_the_same_on_any_thread_count() -> None:
+    """`Vectors.product` skips `single_thread()` below SERIAL_BELOW: OpenBLAS runs them on one
+    thread anyway, so the bits are those of a one-thread run (here, with the default count)."""
+    rng = np.random.default_rng(11)
+    for rows, cols in ((1, 1), (1, 12), (2, 8), (1, 17)):
+        assert rows * cols * 512 < SERIAL_BELOW
+        a, b = rng.random((rows, 512)), rng.random((cols, 512))
+        with single_thread():
+            serial = a @ b.T
+        assert np.array_equal(Vectors.product(a, b), serial)

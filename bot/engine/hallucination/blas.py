@@ -30,6 +30,11 @@ log = get_logger(__name__)
 _PREFIXES = ("scipy_openblas_", "openblas_")
 _SUFFIXES = ("64_", "")
 _MAPS = Path("/proc/self/maps")
+# Products with fewer multiply-adds than this run on one thread in OpenBLAS whatever its setting
+# (its gemv splits from 2304 × GEMM_MULTITHREAD_THRESHOLD = 9,216 elements, gemm from 262,144,
+# dot from 10,000), so `single_thread()` — two ctypes calls and a context manager, most of a small
+# product's cost — is skipped for them. The scope detector's products are 1 × 1 and 1 × 12 rows.
+SERIAL_BELOW = 9216
 
 
 def _loaded_openblas() -> list[str]:

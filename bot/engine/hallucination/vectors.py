@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bot.engine.embeddings import Embedder
-from bot.engine.hallucination.blas import single_thread
+from bot.engine.hallucination.blas import SERIAL_BELOW, single_thread
 
 MAX_EMBED_CHARS = 2000
 
@@ -62,6 +62,8 @@ class Vectors:
         """Similarity matrix of two `rows()` results."""
         if not len(rows) or not len(cols):
             return np.zeros((len(rows), len(cols)))
+        if len(rows) * len(cols) * rows.shape[1] < SERIAL_BELOW:
+            return rows @ cols.T
         with single_thread():  # see blas.py: threads only add waiting at these sizes
             return rows @ cols.T
 

@@ -37,8 +37,8 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from bot.db.base import utcnow
-from bot.db.direct import execute_dml, execute_sql, execute_sql_sync, flush_pending
-from bot.db.engine import JSONText, is_sqlite, read_connection, sqlite_writer
+from bot.db.direct import execute_dml, execute_sql, execute_sql_sync, fetch, flush_pending
+from bot.db.engine import JSONText, inline_sqlite_connection, is_sqlite, read_connection, sqlite_writer
 from bot.db.models.queue import (
     CHECKPOINT_PARTIAL,
     CHECKPOINT_STEP,
@@ -616,9 +616,11 @@ class JobQueue:
         kind_list = None if request.kinds is None else tuple(sorted(set(request.kinds)))
         full = tuple(sorted(provider for provider, free in slots.items() if free <= 0))
         limited = any(free > 0 for free in slots.values())
-        fetch = request.limit * _OVERFETCH if limited else request.limit
+        params = {"b_now": now, "b_fetch": request.limit * _OVERFETCH if limited else request.limit}
         query = self._claim_query(kind_list, full)
-        rows = (await connection.execute(query, {"b_now": now, "b_fetch": fetch})).all()
+        raw = inline_sqlite_connection(connection)  # the in-loop writer: no greenlet for the read
+        result = fetch(raw, connection.dialect, query, params) if raw is not None else None
+        rows = (result if result is not None else await connection.execute(query, params)).all()
         claimed: list[ClaimedJob] = []
         for row in rows:
             if len(claimed) == request.limit:
