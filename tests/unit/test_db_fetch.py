@@ -24,6 +24,7 @@ from bot.db.models import AiModel, AiProvider, Subtask, Task
 from bot.db.models.enums import TaskStatus
 from bot.db.models.queue import Job
 from bot.engine.orchestrator import _SUBTASK_CONTEXT, _TASK_HEAD, _TASK_RESULTS
+from bot.engine.queue.store import JobQueue
 
 TASKS = cast(Table, Task.__table__)
 SUBTASKS = cast(Table, Subtask.__table__)
@@ -100,6 +101,25 @@ async def test_fetch_returns_what_sqlalchemy_returns(database: Path) -> None:
         provider = cast(Any, fetch(raw, engine.dialect, select(PROVIDERS).limit(1))).first()
         assert provider is not None and isinstance(provider.is_enabled, bool)
         assert isinstance(provider.created_at, datetime) and provider.created_at.tzinfo is not None
+    finally:
+        raw.close()
+        await engine.dispose()
+
+
+async def test_the_claim_and_the_idle_probe_read_through_fetch(database: Path) -> None:
+    """The queue builds them once per set of kinds, with the kinds compiled in, so they are covered."""
+    engine = create_engine(f"sqlite+aiosqlite:///{database}")
+    raw = sqlite3.connect(database)
+    queue = JobQueue(engine)
+    params = {"b_now": datetime(2030, 1, 1, tzinfo=UTC), "b_fetch": 5}
+    try:
+        async with engine.connect() as connection:
+            for kinds, full in ((("subtask", "task.finish"), ()), (("subtask",), ("lmstudio",)), (None, ())):
+                claim = queue._claim_query(kinds, full)
+                direct = fetch(raw, engine.dialect, claim, params)
+                assert direct is not None
+                assert _shape(direct) == _shape(await connection.execute(claim, params))
+        assert await queue.has_claimable(["subtask"]) and not await queue.has_claimable(["nothing.queued"])
     finally:
         raw.close()
         await engine.dispose()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, literal, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, CursorResult, Engine
@@ -38,7 +38,7 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 
 from bot.db.base import utcnow
 from bot.db.direct import execute_dml, execute_sql, execute_sql_sync, fetch, flush_pending
-from bot.db.engine import JSONText, inline_sqlite_connection, is_sqlite, read_connection, sqlite_writer
+from bot.db.engine import JSONText, inline_sqlite_connection, is_sqlite, lazy_reads, sqlite_writer
 from bot.db.models.queue import (
     CHECKPOINT_PARTIAL,
     CHECKPOINT_STEP,
@@ -338,6 +338,16 @@ _CLAIM_ROWS = (
         deadline_at=bindparam("b_deadline", type_=JOBS.c.deadline_at.type),
     )
 )
+def _fixed(values: Iterable[str]) -> list[Any]:
+    """An IN list that is part of a cached statement: one bound value per item (`IN (?, ?)`).
+
+    A plain list becomes an expanding parameter rendered at every execution, which
+    `bot.db.direct.fetch` leaves to SQLAlchemy; the claim and the idle probe are built once per
+    set of kinds, so their lists are fixed and can be compiled in.
+    """
+    return [literal(value) for value in values]
+
+
 _CLAIM_COLUMNS = (
     JOBS.c.id,
     JOBS.c.kind,
@@ -677,12 +687,12 @@ class JobQueue:
             query = select(JOBS.c.id).where(
                 JOBS.c.status == JOB_QUEUED, JOBS.c.available_at <= bindparam("b_now", type_=JOBS.c.available_at.type))
             if kind_list is not None:
-                query = query.where(JOBS.c.kind.in_(kind_list))
+                query = query.where(JOBS.c.kind.in_(_fixed(kind_list)))
             query = query.limit(1)
             if len(self._probe_queries) < 16:
                 self._probe_queries[kind_list] = query
-        async with read_connection(self.engine) as connection:
-            return (await connection.execute(query, {"b_now": utcnow()})).first() is not None
+        async with lazy_reads(self.engine) as reads:  # on a SQLite file: a raw reader, no greenlet
+            return (await reads.execute(query, {"b_now": utcnow()})).first() is not None
 
     def _claim_query(self, kinds: tuple[str, ...] | None, full: tuple[str, ...]) -> Any:
         """The claim's SELECT for these kinds and full providers, built once per combination."""
@@ -694,9 +704,9 @@ class JobQueue:
             JOBS.c.status == JOB_QUEUED, JOBS.c.available_at <= bindparam("b_now", type_=JOBS.c.available_at.type)
         )
         if kinds is not None:
-            query = query.where(JOBS.c.kind.in_(kinds))
+            query = query.where(JOBS.c.kind.in_(_fixed(kinds)))
         if full:
-            query = query.where(or_(JOBS.c.provider.is_(None), JOBS.c.provider.not_in(full)))
+            query = query.where(or_(JOBS.c.provider.is_(None), JOBS.c.provider.not_in(_fixed(full))))
         query = query.order_by(JOBS.c.priority.desc(), JOBS.c.id).limit(bindparam("b_fetch"))
         if not self.sqlite:
             query = query.with_for_update(skip_locked=True)
