@@ -356,7 +356,8 @@ class Worker:
             if wait <= 0:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                async with asyncio.timeout(wait):  # not wait_for: that runs the wait in a task of its own
+                    await self._wake.wait()
                 return
             if self._free_slots() <= 0 or (self.admission is not None and not self.admission()):
                 continue
