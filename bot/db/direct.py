@@ -191,7 +191,9 @@ def _prepare_select(dialect: Dialect, statement: Any, keys: Sequence[str]) -> _P
                      columns=SimpleResultMetaData(names, _processors=processors))
 
 
-_selects: dict[tuple[int, tuple[str, ...], str], tuple[Any, _Prepared | None]] = {}
+# Keyed by the statement's and the dialect's ids, both kept in the entry so neither id can be
+# reused while cached (engines may differ in their JSON (de)serialisers: one entry per dialect).
+_selects: dict[tuple[int, tuple[str, ...], int], tuple[Any, Dialect, _Prepared | None]] = {}
 
 
 def fetch(raw: sqlite3.Connection, dialect: Dialect, statement: Any,
@@ -207,15 +209,15 @@ def fetch(raw: sqlite3.Connection, dialect: Dialect, statement: Any,
     """
     values = params or {}
     keys = tuple(values)
-    cache_key = (id(statement), keys, dialect.name)
+    cache_key = (id(statement), keys, id(dialect))
     found = _selects.get(cache_key)
-    if found is not None and found[0] is statement:
-        prepared = found[1]
+    if found is not None and found[0] is statement and found[1] is dialect:
+        prepared = found[2]
     else:
         if len(_selects) >= MAX_PREPARED:
             _selects.clear()
         prepared = _prepare_select(dialect, statement, keys)
-        _selects[cache_key] = (statement, prepared)  # kept with the statement: its id stays unique
+        _selects[cache_key] = (statement, dialect, prepared)
     if prepared is None:
         return None
     try:
