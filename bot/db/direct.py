@@ -302,6 +302,19 @@ def execute_sql_sync(connection: Connection, sql: str) -> None:
     _run_sql(raw, sql)
 
 
+def data_version(raw: sqlite3.Connection) -> int:
+    """SQLite's `PRAGMA data_version` on this connection: it changes when another connection
+    (of any process) commits, so an unchanged value means nothing was written since it was read."""
+    try:
+        cursor = raw.execute("PRAGMA data_version")
+        try:
+            return int(cursor.fetchone()[0])
+        finally:
+            cursor.close()
+    except sqlite3.Error as err:
+        raise DBAPIError.instance("PRAGMA data_version", (), err, sqlite3.Error) from err
+
+
 def _run_sql(raw: sqlite3.Connection, sql: str) -> None:
     try:
         raw.execute(sql).close()

@@ -359,6 +359,35 @@ async def test_work_queued_by_another_process_is_noticed_by_probing_not_after_th
     assert not await worker_queue.has_claimable(["another.kind"])
 
 
+async def test_the_probe_sees_a_job_fall_due_and_other_connections_commits(
+    engine: AsyncEngine, queue_url: str  # noqa: F811  (a fixture)
+) -> None:
+    """On SQLite an unchanged `data_version` answers an idle probe without a query; a job falling
+    due with nothing committed, and another connection's claim or enqueue, still change the answer."""
+    queue = JobQueue(engine)
+    assert not await queue.has_claimable([KIND])
+    await queue.enqueue(spec("soon", available_at=utcnow() + timedelta(seconds=0.6)))
+    assert not await queue.has_claimable([KIND])
+    if queue._watch is not None:  # SQLite file: the probe's own connection
+        statements: list[str] = []
+        queue._watch.set_trace_callback(statements.append)
+        assert not await queue.has_claimable([KIND])
+        assert statements == ["PRAGMA data_version"]  # nothing committed, nothing due yet
+        queue._watch.set_trace_callback(None)
+    await asyncio.sleep(0.7)
+    assert await queue.has_claimable([KIND])  # due now, though nothing was committed since
+    other_engine = create_engine(queue_url)  # another process's connections
+    try:
+        other = JobQueue(other_engine)
+        assert [job.idempotency_key for job in await other.claim("elsewhere", limit=5, kinds=[KIND])] == ["soon"]
+        assert not await queue.has_claimable([KIND])  # its commit took the job
+        assert not await queue.has_claimable([KIND])
+        await other.enqueue(spec("from-elsewhere"))
+        assert await queue.has_claimable([KIND])
+    finally:
+        await other_engine.dispose()
+
+
 async def test_a_worker_refuses_waits_that_would_spin(engine: AsyncEngine) -> None:
     queue = JobQueue(engine)
     for bad in ({"poll_s": 0.0}, {"probe_s": 0.0}, {"probe_s": -1.0}):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -37,8 +38,8 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from bot.db.base import utcnow
-from bot.db.direct import execute_dml, execute_sql, execute_sql_sync, fetch, flush_pending
-from bot.db.engine import JSONText, inline_sqlite_connection, is_sqlite, lazy_reads, sqlite_writer
+from bot.db.direct import data_version, execute_dml, execute_sql, execute_sql_sync, fetch, flush_pending
+from bot.db.engine import JSONText, inline_sqlite_connection, is_sqlite, lazy_reads, raw_readers, sqlite_writer
 from bot.db.models.queue import (
     CHECKPOINT_PARTIAL,
     CHECKPOINT_STEP,
@@ -443,7 +444,11 @@ class JobQueue:
         self._insert_jobs: Any = self._insert_ignoring_duplicates()
         self._checkpoint_upsert: Any = self._upsert_checkpoint()
         self._claim_queries: dict[tuple[Any, ...], Any] = {}
-        self._probe_queries: dict[tuple[str, ...] | None, Any] = {}
+        self._probe_queries: dict[tuple[str, ...] | None, tuple[Any, Any]] = {}
+        # SQLite file: the probe's own read-only connection, and per set of kinds what its last
+        # probe that found nothing due saw — (data_version, earliest queued available_at or None).
+        self._watch: sqlite3.Connection | None = None
+        self._probe_known: dict[tuple[str, ...] | None, tuple[int, datetime | None]] = {}
         # A seam for crash tests and tracing: called at named commit boundaries.
         self._boundary = boundary_hook or _no_boundary
 
@@ -679,20 +684,48 @@ class JobQueue:
         """Whether some job is queued and due: a read, without the write lock a claim takes.
 
         Other processes' new jobs wake nobody here; a worker with free slots asks this often and
-        claims only when it says yes (bot/engine/queue/worker.py).
+        claims only when it says yes (bot/engine/queue/worker.py). On a SQLite file an idle probe
+        usually runs no query: SQLite's `data_version` tells whether any other connection has
+        committed since the last probe found nothing due, and that probe noted when the earliest
+        queued job falls due — with neither, the answer cannot have changed.
         """
         kind_list = None if kinds is None else tuple(sorted(set(kinds)))
-        query = self._probe_queries.get(kind_list)
-        if query is None:
-            query = select(JOBS.c.id).where(
-                JOBS.c.status == JOB_QUEUED, JOBS.c.available_at <= bindparam("b_now", type_=JOBS.c.available_at.type))
+        queries = self._probe_queries.get(kind_list)
+        if queries is None:
+            queued = [JOBS.c.status == JOB_QUEUED]
             if kind_list is not None:
-                query = query.where(JOBS.c.kind.in_(_fixed(kind_list)))
-            query = query.limit(1)
+                queued.append(JOBS.c.kind.in_(_fixed(kind_list)))
+            due_query = select(JOBS.c.id).where(
+                *queued, JOBS.c.available_at <= bindparam("b_now", type_=JOBS.c.available_at.type)).limit(1)
+            queries = (due_query, select(func.min(JOBS.c.available_at)).where(*queued))
             if len(self._probe_queries) < 16:
-                self._probe_queries[kind_list] = query
-        async with lazy_reads(self.engine) as reads:  # on a SQLite file: a raw reader, no greenlet
-            return (await reads.execute(query, {"b_now": utcnow()})).first() is not None
+                self._probe_queries[kind_list] = queries
+        now = utcnow()
+        watch = self._watch_connection()
+        if watch is None:
+            async with lazy_reads(self.engine) as reads:
+                return (await reads.execute(queries[0], {"b_now": now})).first() is not None
+        version = data_version(watch)  # read first: a commit after it shows at the next probe
+        known = self._probe_known.get(kind_list)
+        if known is not None and known[0] == version and (known[1] is None or now < known[1]):
+            return False
+        due = fetch(watch, self.engine.dialect, queries[0], {"b_now": now})
+        earliest = fetch(watch, self.engine.dialect, queries[1])
+        assert due is not None and earliest is not None  # Core SELECTs with their lists compiled in
+        if due.first() is not None:
+            self._probe_known.pop(kind_list, None)
+            return True
+        self._probe_known[kind_list] = (version, earliest.scalar())
+        return False
+
+    def _watch_connection(self) -> sqlite3.Connection | None:
+        """The probe's read-only connection on a SQLite file (None elsewhere); kept, never shared:
+        `data_version` compares commits seen by one connection."""
+        if self._watch is None:
+            readers = raw_readers(self.engine)
+            if readers is not None:
+                self._watch = readers.take()
+        return self._watch
 
     def _claim_query(self, kinds: tuple[str, ...] | None, full: tuple[str, ...]) -> Any:
         """The claim's SELECT for these kinds and full providers, built once per combination."""
