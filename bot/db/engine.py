@@ -14,7 +14,7 @@ import json
 import re
 import sqlite3
 import weakref
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -411,7 +411,7 @@ class LazyReads:
         (`RawReaders`) and returns the same rows as SQLAlchemy would; any other goes through
         `read_connection`.
         """
-        if self._connection is None and type(parameters) is not list:
+        if self._connection is None and (parameters is None or isinstance(parameters, Mapping)):
             if self._raw is None:
                 pool = raw_readers(self._engine)
                 if pool is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +18,7 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import Table, bindparam, func, select, text
 from sqlalchemy.exc import OperationalError, StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.db.direct import fetch
 from bot.db.engine import RawReaders, create_engine, lazy_reads, raw_readers, read_connection
@@ -32,6 +34,7 @@ JOBS = cast(Table, Job.__table__)
 PROVIDERS = cast(Table, AiProvider.__table__)
 MODELS = cast(Table, AiModel.__table__)
 WHEN = datetime(2026, 12, 7, 9, 30, 0, 123456, tzinfo=UTC)
+Handles = tuple[AsyncEngine, sqlite3.Connection]
 
 # (statement, parameters): Core selects of every column kind, labels, joins, a scalar subquery,
 # literal and bound limits, aggregates, and the engine's own lookups.
@@ -79,89 +82,81 @@ async def database(sqlite_template: Path, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+async def handles(database: Path) -> AsyncIterator[Handles]:
+    """The database's SQLAlchemy engine and a plain sqlite3 connection to it."""
+    engine = create_engine(f"sqlite+aiosqlite:///{database}")
+    raw = sqlite3.connect(database)
+    try:
+        yield engine, raw
+    finally:
+        raw.close()
+        await engine.dispose()
+
+
 def _shape(result: Any) -> tuple[list[str], list[tuple[Any, ...]], list[list[type]]]:
     rows = result.all()
     return list(result.keys()), [tuple(row) for row in rows], [[type(value) for value in row] for row in rows]
 
 
-async def test_fetch_returns_what_sqlalchemy_returns(database: Path) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{database}")
-    raw = sqlite3.connect(database)
-    try:
-        async with engine.connect() as connection:
-            for statement, params in STATEMENTS:
-                direct = fetch(raw, engine.dialect, statement, params)
-                assert direct is not None, statement  # covered, not handed back
-                expected = await connection.execute(statement, params)
-                assert _shape(direct) == _shape(expected), statement
-        # Attribute access, first() and scalar() behave as on SQLAlchemy's rows.
-        row = cast(Any, fetch(raw, engine.dialect, _SUBTASK_CONTEXT, {"b_id": 1})).first()
-        assert row.task_status is TaskStatus.RUNNING and row.depends_on == [] and row.subtasks == 2
-        assert cast(Any, fetch(raw, engine.dialect, select(func.count()).select_from(JOBS))).scalar() == 3
-        provider = cast(Any, fetch(raw, engine.dialect, select(PROVIDERS).limit(1))).first()
-        assert provider is not None and isinstance(provider.is_enabled, bool)
-        assert isinstance(provider.created_at, datetime) and provider.created_at.tzinfo is not None
-    finally:
-        raw.close()
-        await engine.dispose()
+async def test_fetch_returns_what_sqlalchemy_returns(handles: Handles) -> None:
+    engine, raw = handles
+    async with engine.connect() as connection:
+        for statement, params in STATEMENTS:
+            direct = fetch(raw, engine.dialect, statement, params)
+            assert direct is not None, statement  # covered, not handed back
+            expected = await connection.execute(statement, params)
+            assert _shape(direct) == _shape(expected), statement
+    # Attribute access, first() and scalar() behave as on SQLAlchemy's rows.
+    row = cast(Any, fetch(raw, engine.dialect, _SUBTASK_CONTEXT, {"b_id": 1})).first()
+    assert row.task_status is TaskStatus.RUNNING and row.depends_on == [] and row.subtasks == 2
+    assert cast(Any, fetch(raw, engine.dialect, select(func.count()).select_from(JOBS))).scalar() == 3
+    provider = cast(Any, fetch(raw, engine.dialect, select(PROVIDERS).limit(1))).first()
+    assert provider is not None and isinstance(provider.is_enabled, bool)
+    assert isinstance(provider.created_at, datetime) and provider.created_at.tzinfo is not None
 
 
-async def test_the_claim_and_the_idle_probe_read_through_fetch(database: Path) -> None:
+async def test_the_claim_and_the_idle_probe_read_through_fetch(handles: Handles) -> None:
     """The queue builds them once per set of kinds, with the kinds compiled in, so they are covered."""
-    engine = create_engine(f"sqlite+aiosqlite:///{database}")
-    raw = sqlite3.connect(database)
+    engine, raw = handles
     queue = JobQueue(engine)
     params = {"b_now": datetime(2030, 1, 1, tzinfo=UTC), "b_fetch": 5}
-    try:
-        async with engine.connect() as connection:
-            for kinds, full in ((("subtask", "task.finish"), ()), (("subtask",), ("lmstudio",)), (None, ())):
-                claim = queue._claim_query(kinds, full)
-                direct = fetch(raw, engine.dialect, claim, params)
-                assert direct is not None
-                assert _shape(direct) == _shape(await connection.execute(claim, params))
-        assert await queue.has_claimable(["subtask"]) and not await queue.has_claimable(["nothing.queued"])
-    finally:
-        raw.close()
-        await engine.dispose()
+    async with engine.connect() as connection:
+        for kinds, full in ((("subtask", "task.finish"), ()), (("subtask",), ("lmstudio",)), (None, ())):
+            claim = queue._claim_query(kinds, full)
+            direct = fetch(raw, engine.dialect, claim, params)
+            assert direct is not None
+            assert _shape(direct) == _shape(await connection.execute(claim, params))
+    assert await queue.has_claimable(["subtask"]) and not await queue.has_claimable(["nothing.queued"])
 
 
-async def test_statements_it_does_not_cover_are_handed_back(database: Path) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{database}")
-    raw = sqlite3.connect(database)
-    try:
-        assert fetch(raw, engine.dialect, select(Task), {}) is None  # ORM entities
-        expanding = select(TASKS.c.id).where(TASKS.c.id.in_(bindparam("b_ids", expanding=True)))
-        assert fetch(raw, engine.dialect, expanding, {"b_ids": [1, 2]}) is None
-        assert fetch(raw, engine.dialect, text("SELECT 1"), {}) is None
-        assert fetch(raw, engine.dialect, TASKS.update().values(title="x"), {}) is None
-        # The same statements through LazyReads still work: SQLAlchemy runs them.
-        async with lazy_reads(engine) as reads:
-            assert (await reads.execute(expanding, {"b_ids": [1, 2]})).scalars().all() == [1, 2]
-            assert (await reads.execute(text("SELECT 41 + 1"))).scalar() == 42
-    finally:
-        raw.close()
-        await engine.dispose()
+async def test_statements_it_does_not_cover_are_handed_back(handles: Handles) -> None:
+    engine, raw = handles
+    assert fetch(raw, engine.dialect, select(Task), {}) is None  # ORM entities
+    expanding = select(TASKS.c.id).where(TASKS.c.id.in_(bindparam("b_ids", expanding=True)))
+    assert fetch(raw, engine.dialect, expanding, {"b_ids": [1, 2]}) is None
+    assert fetch(raw, engine.dialect, text("SELECT 1"), {}) is None
+    assert fetch(raw, engine.dialect, TASKS.update().values(title="x"), {}) is None
+    # The same statements through LazyReads still work: SQLAlchemy runs them.
+    async with lazy_reads(engine) as reads:
+        assert (await reads.execute(expanding, {"b_ids": [1, 2]})).scalars().all() == [1, 2]
+        assert (await reads.execute(text("SELECT 41 + 1"))).scalar() == 42
 
 
-async def test_errors_are_sqlalchemys(database: Path) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{database}")
-    raw = sqlite3.connect(database)
-    try:
-        with pytest.raises(StatementError, match="b_task"):  # a required value left out
-            fetch(raw, engine.dialect, _TASK_HEAD, {})
-        async with engine.connect() as connection:
-            with pytest.raises(StatementError, match="b_task"):
-                await connection.execute(_TASK_HEAD, {})
-        one_task = select(TASKS.c.id).where(TASKS.c.id == 1)
-        raw.execute("ALTER TABLE tasks RENAME TO tasks_gone")
+async def test_errors_are_sqlalchemys(handles: Handles) -> None:
+    engine, raw = handles
+    with pytest.raises(StatementError, match="b_task"):  # a required value left out
+        fetch(raw, engine.dialect, _TASK_HEAD, {})
+    async with engine.connect() as connection:
+        with pytest.raises(StatementError, match="b_task"):
+            await connection.execute(_TASK_HEAD, {})
+    one_task = select(TASKS.c.id).where(TASKS.c.id == 1)
+    raw.execute("ALTER TABLE tasks RENAME TO tasks_gone")
+    with pytest.raises(OperationalError, match="no such table: tasks"):
+        fetch(raw, engine.dialect, one_task)
+    async with engine.connect() as connection:
         with pytest.raises(OperationalError, match="no such table: tasks"):
-            fetch(raw, engine.dialect, one_task)
-        async with engine.connect() as connection:
-            with pytest.raises(OperationalError, match="no such table: tasks"):
-                await connection.execute(one_task)
-    finally:
-        raw.close()
-        await engine.dispose()
+            await connection.execute(one_task)
 
 
 async def test_lazy_reads_give_the_rows_read_connection_gives(database: Path) -> None:

@@ -721,7 +721,7 @@ class JobQueue:
     def _watch_connection(self) -> sqlite3.Connection | None:
         """The probe's read-only connection on a SQLite file (None elsewhere); kept, never shared:
         `data_version` compares commits seen by one connection."""
-        if self._watch is None:
+        if self._watch is None and self.sqlite:
             readers = raw_readers(self.engine)
             if readers is not None:
                 self._watch = readers.take()
