@@ -193,7 +193,8 @@ def _prepare_select(dialect: Dialect, statement: Any, keys: Sequence[str]) -> _P
 
 # Keyed by the statement's and the dialect's ids, both kept in the entry so neither id can be
 # reused while cached (engines may differ in their JSON (de)serialisers: one entry per dialect).
-_selects: dict[tuple[int, tuple[str, ...], int], tuple[Any, Dialect, _Prepared | None]] = {}
+# The last field says whether the statement was prepared: it is, at its second use (see `fetch`).
+_selects: dict[tuple[int, tuple[str, ...], int], tuple[Any, Dialect, _Prepared | None, bool]] = {}
 
 
 def fetch(raw: sqlite3.Connection, dialect: Dialect, statement: Any,
@@ -206,18 +207,25 @@ def fetch(raw: sqlite3.Connection, dialect: Dialect, statement: Any,
     `Result` whose rows carry the keys and result processors SQLAlchemy's own result would
     (tested side by side). Statements it does not cover — ORM selects, expanding IN parameters,
     textual SQL — return None and the caller runs them through SQLAlchemy.
+
+    A statement object takes this path from its second use on; the first returns None too. The
+    hot path's statements are module or instance attributes, but a caller may build a statement for
+    one call, and compiling that here would cost a full compile where SQLAlchemy's own route finds
+    it in its compiled cache.
     """
     values = params or {}
     keys = tuple(values)
     cache_key = (id(statement), keys, id(dialect))
     found = _selects.get(cache_key)
-    if found is not None and found[0] is statement and found[1] is dialect:
-        prepared = found[2]
-    else:
+    if found is None or found[0] is not statement or found[1] is not dialect:
         if len(_selects) >= MAX_PREPARED:
             _selects.clear()
+        _selects[cache_key] = (statement, dialect, None, False)
+        return None
+    prepared = found[2]
+    if not found[3]:
         prepared = _prepare_select(dialect, statement, keys)
-        _selects[cache_key] = (statement, dialect, prepared)
+        _selects[cache_key] = (statement, dialect, prepared, True)
     if prepared is None:
         return None
     try:

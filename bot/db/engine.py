@@ -411,7 +411,7 @@ class LazyReads:
         (`RawReaders`) and returns the same rows as SQLAlchemy would; any other goes through
         `read_connection`.
         """
-        if self._connection is None and (parameters is None or isinstance(parameters, Mapping)):
+        if self._engine.dialect.name == "sqlite" and (parameters is None or isinstance(parameters, Mapping)):
             if self._raw is None:
                 pool = raw_readers(self._engine)
                 if pool is not None:

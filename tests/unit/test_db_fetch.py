@@ -94,6 +94,13 @@ async def handles(database: Path) -> AsyncIterator[Handles]:
         await engine.dispose()
 
 
+def _fetch(raw: sqlite3.Connection, dialect: Any, statement: Any, params: dict[str, Any] | None = None) -> Any:
+    """`fetch` at a statement object's second use, the first that may take the direct path."""
+    first = fetch(raw, dialect, statement, params)
+    assert first is None
+    return fetch(raw, dialect, statement, params)
+
+
 def _shape(result: Any) -> tuple[list[str], list[tuple[Any, ...]], list[list[type]]]:
     rows = result.all()
     return list(result.keys()), [tuple(row) for row in rows], [[type(value) for value in row] for row in rows]
@@ -103,15 +110,15 @@ async def test_fetch_returns_what_sqlalchemy_returns(handles: Handles) -> None:
     engine, raw = handles
     async with engine.connect() as connection:
         for statement, params in STATEMENTS:
-            direct = fetch(raw, engine.dialect, statement, params)
+            direct = _fetch(raw, engine.dialect, statement, params)
             assert direct is not None, statement  # covered, not handed back
             expected = await connection.execute(statement, params)
             assert _shape(direct) == _shape(expected), statement
     # Attribute access, first() and scalar() behave as on SQLAlchemy's rows.
-    row = cast(Any, fetch(raw, engine.dialect, _SUBTASK_CONTEXT, {"b_id": 1})).first()
+    row = cast(Any, fetch(raw, engine.dialect, _SUBTASK_CONTEXT, {"b_id": 1})).first()  # prepared above
     assert row.task_status is TaskStatus.RUNNING and row.depends_on == [] and row.subtasks == 2
-    assert cast(Any, fetch(raw, engine.dialect, select(func.count()).select_from(JOBS))).scalar() == 3
-    provider = cast(Any, fetch(raw, engine.dialect, select(PROVIDERS).limit(1))).first()
+    assert _fetch(raw, engine.dialect, select(func.count()).select_from(JOBS)).scalar() == 3
+    provider = _fetch(raw, engine.dialect, select(PROVIDERS).limit(1)).first()
     assert provider is not None and isinstance(provider.is_enabled, bool)
     assert isinstance(provider.created_at, datetime) and provider.created_at.tzinfo is not None
 
@@ -124,7 +131,7 @@ async def test_the_claim_and_the_idle_probe_read_through_fetch(handles: Handles)
     async with engine.connect() as connection:
         for kinds, full in ((("subtask", "task.finish"), ()), (("subtask",), ("lmstudio",)), (None, ())):
             claim = queue._claim_query(kinds, full)
-            direct = fetch(raw, engine.dialect, claim, params)
+            direct = _fetch(raw, engine.dialect, claim, params)
             assert direct is not None
             assert _shape(direct) == _shape(await connection.execute(claim, params))
     assert await queue.has_claimable(["subtask"]) and not await queue.has_claimable(["nothing.queued"])
@@ -132,26 +139,40 @@ async def test_the_claim_and_the_idle_probe_read_through_fetch(handles: Handles)
 
 async def test_statements_it_does_not_cover_are_handed_back(handles: Handles) -> None:
     engine, raw = handles
-    assert fetch(raw, engine.dialect, select(Task), {}) is None  # ORM entities
     expanding = select(TASKS.c.id).where(TASKS.c.id.in_(bindparam("b_ids", expanding=True)))
-    assert fetch(raw, engine.dialect, expanding, {"b_ids": [1, 2]}) is None
-    assert fetch(raw, engine.dialect, text("SELECT 1"), {}) is None
-    assert fetch(raw, engine.dialect, TASKS.update().values(title="x"), {}) is None
+    for statement, params in ((select(Task), {}), (expanding, {"b_ids": [1, 2]}), (text("SELECT 1"), {}),
+                              (TASKS.update().values(title="x"), {})):  # ORM, expanding, textual, DML
+        assert _fetch(raw, engine.dialect, statement, params) is None
     # The same statements through LazyReads still work: SQLAlchemy runs them.
     async with lazy_reads(engine) as reads:
         assert (await reads.execute(expanding, {"b_ids": [1, 2]})).scalars().all() == [1, 2]
         assert (await reads.execute(text("SELECT 41 + 1"))).scalar() == 42
 
 
+async def test_a_statement_takes_the_direct_path_from_its_second_use(handles: Handles) -> None:
+    """One built for a single call is never compiled here (SQLAlchemy's route has it cached)."""
+    engine, raw = handles
+    for _ in range(3):
+        assert fetch(raw, engine.dialect, select(TASKS.c.id).where(TASKS.c.id == 1)) is None  # new each time
+    kept = select(TASKS.c.id).where(TASKS.c.id == 1)
+    assert fetch(raw, engine.dialect, kept) is None
+    assert cast(Any, fetch(raw, engine.dialect, kept)).scalar() == 1
+    assert cast(Any, fetch(raw, engine.dialect, kept)).scalar() == 1
+    async with lazy_reads(engine) as reads:  # both uses answer, whichever route runs them
+        for _ in range(2):
+            assert (await reads.execute(_TASK_HEAD, {"b_task": 2})).first().status is TaskStatus.COMPLETED
+
+
 async def test_errors_are_sqlalchemys(handles: Handles) -> None:
     engine, raw = handles
     with pytest.raises(StatementError, match="b_task"):  # a required value left out
-        fetch(raw, engine.dialect, _TASK_HEAD, {})
+        _fetch(raw, engine.dialect, _TASK_HEAD, {})
     async with engine.connect() as connection:
         with pytest.raises(StatementError, match="b_task"):
             await connection.execute(_TASK_HEAD, {})
     one_task = select(TASKS.c.id).where(TASKS.c.id == 1)
     raw.execute("ALTER TABLE tasks RENAME TO tasks_gone")
+    assert fetch(raw, engine.dialect, one_task) is None  # its first use
     with pytest.raises(OperationalError, match="no such table: tasks"):
         fetch(raw, engine.dialect, one_task)
     async with engine.connect() as connection:

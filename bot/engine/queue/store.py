@@ -711,7 +711,10 @@ class JobQueue:
             return False
         due = fetch(watch, self.engine.dialect, queries[0], {"b_now": now})
         earliest = fetch(watch, self.engine.dialect, queries[1])
-        assert due is not None and earliest is not None  # Core SELECTs with their lists compiled in
+        if due is None or earliest is None:  # the statements' first use (see `fetch`)
+            async with lazy_reads(self.engine) as reads:
+                due = await reads.execute(queries[0], {"b_now": now})
+                earliest = await reads.execute(queries[1])
         if due.first() is not None:
             self._probe_known.pop(kind_list, None)
             return True
