@@ -193,8 +193,10 @@ def _prepare_select(dialect: Dialect, statement: Any, keys: Sequence[str]) -> _P
 
 # Keyed by the statement's and the dialect's ids, both kept in the entry so neither id can be
 # reused while cached (engines may differ in their JSON (de)serialisers: one entry per dialect).
-# The last field says whether the statement was prepared: it is, at its second use (see `fetch`).
-_selects: dict[tuple[int, tuple[str, ...], int], tuple[Any, Dialect, _Prepared | None, bool]] = {}
+# Statements used once so far wait in `_seen`, so those built per call never crowd out `_selects`.
+_SelectKey = tuple[int, tuple[str, ...], int]
+_seen: dict[_SelectKey, tuple[Any, Dialect]] = {}
+_selects: dict[_SelectKey, tuple[Any, Dialect, _Prepared | None]] = {}
 
 
 def fetch(raw: sqlite3.Connection, dialect: Dialect, statement: Any,
@@ -217,15 +219,20 @@ def fetch(raw: sqlite3.Connection, dialect: Dialect, statement: Any,
     keys = tuple(values)
     cache_key = (id(statement), keys, id(dialect))
     found = _selects.get(cache_key)
-    if found is None or found[0] is not statement or found[1] is not dialect:
+    if found is not None and found[0] is statement and found[1] is dialect:
+        prepared = found[2]
+    else:
+        seen = _seen.get(cache_key)
+        if seen is None or seen[0] is not statement or seen[1] is not dialect:
+            if len(_seen) >= MAX_PREPARED:
+                _seen.clear()
+            _seen[cache_key] = (statement, dialect)
+            return None
+        del _seen[cache_key]
         if len(_selects) >= MAX_PREPARED:
             _selects.clear()
-        _selects[cache_key] = (statement, dialect, None, False)
-        return None
-    prepared = found[2]
-    if not found[3]:
         prepared = _prepare_select(dialect, statement, keys)
-        _selects[cache_key] = (statement, dialect, prepared, True)
+        _selects[cache_key] = (statement, dialect, prepared)
     if prepared is None:
         return None
     try:
