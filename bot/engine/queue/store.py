@@ -339,6 +339,8 @@ _CLAIM_ROWS = (
         deadline_at=bindparam("b_deadline", type_=JOBS.c.deadline_at.type),
     )
 )
+
+
 def _fixed(values: Iterable[str]) -> list[Any]:
     """An IN list that is part of a cached statement: one bound value per item (`IN (?, ?)`).
 
