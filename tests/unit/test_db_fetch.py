@@ -183,13 +183,21 @@ async def test_errors_are_sqlalchemys(handles: Handles) -> None:
 async def test_lazy_reads_give_the_rows_read_connection_gives(database: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{database}")
     try:
-        for statement, params in STATEMENTS:
-            async with lazy_reads(engine) as reads:
-                direct = _shape(await reads.execute(statement, params))
-            async with read_connection(engine) as connection:
-                assert direct == _shape(await connection.execute(statement, params))
         pool = raw_readers(engine)
         assert isinstance(pool, RawReaders) and pool is raw_readers(engine)
+        traced: list[str] = []
+        reader = pool.take()
+        reader.set_trace_callback(traced.append)  # the raw reader LazyReads will take: what ran there
+        pool.give(reader)
+        for statement, params in STATEMENTS:
+            async with read_connection(engine) as connection:
+                expected = _shape(await connection.execute(statement, params))
+            for use in (1, 2):  # SQLAlchemy's route, then the direct one
+                traced.clear()
+                async with lazy_reads(engine) as reads:
+                    assert _shape(await reads.execute(statement, params)) == expected, (use, statement)
+                assert bool(traced) == (use == 2), (use, statement)
+        reader.set_trace_callback(None)
         connection = pool.take()
         with pytest.raises(sqlite3.OperationalError, match="readonly"):  # query_only, as the SA reader
             connection.execute("UPDATE tasks SET title = 'x'")
