@@ -110,7 +110,7 @@ async def _generate(base_url: str, token: str, path: str, *, connections: int, d
     opened: list[_Connection] = []
     for _ in range(connections):
         _, connection = await loop.create_connection(lambda: _Connection(request, on_response),
-                                                     target.hostname, target.port)
+                                                     target.hostname or "127.0.0.1", target.port or 80)
         opened.append(connection)
     for connection in opened:
         connection.send()
