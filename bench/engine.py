@@ -12,7 +12,7 @@ disagree, so a third model breaks the tie twice.
 The peer runs in its own process by default, as a real LM Studio does: on one event loop with the
 engine it cost the engine about a tenth of its loop (`--peer inline` measures that way).
 "overhead_ms_per_subtask" is the wall time per subtask at concurrency 1 minus the time spent
-inside the model calls (from execution_logs); "cpu_ms_per_subtask" is the engine processes' CPU
+inside the model calls (the router's own timing of each call); "cpu_ms_per_subtask" is the engine processes' CPU
 time per subtask at each concurrency (the engine's own work: with the peer in its own process
 nothing else runs there). `--processes N` runs N-1 `orchestrator worker` processes beside this one,
 as `[engine] worker_processes` does, the concurrency split between them (not at concurrency 1).
@@ -159,7 +159,7 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
     from bot.aio import freeze_startup_heap
     from bot.db.engine import create_engine, read_connection, session_factory
     from bot.db.migrate import upgrade_to_head
-    from bot.db.models import AiProvider, ExecutionLog, QueueWorker, Task
+    from bot.db.models import AiProvider, QueueWorker, Task
     from bot.engine.embeddings import LexicalEmbedder
     from bot.engine.runtime import EngineRuntime
     from bot.events import EventBus
@@ -183,7 +183,7 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
         runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, embedder=LexicalEmbedder(),
                                 worker_id=f"bench-{uuid.uuid4().hex[:6]}", bus=EventBus())
         await runtime.start()
-        assert runtime.worker is not None
+        assert runtime.worker is not None and runtime.router is not None
         settled = asyncio.Event()
         engine_hook = runtime.worker.on_event
         queue_worker = runtime.worker
@@ -195,6 +195,20 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
                 settled.set()
 
         queue_worker.on_event = on_event
+        # Time inside model calls, from the router's own record of each call: execution_logs
+        # keeps whole milliseconds (a 0.9 ms call is logged as 0), which on this zero-latency peer
+        # moved about 2 ms of model time per subtask into "overhead".
+        model_ms = 0.0
+        router = runtime.router
+        usage_hook = router.on_call
+
+        async def timed(record: Any) -> None:
+            nonlocal model_ms
+            model_ms += record.latency_ms
+            if usage_hook is not None:
+                await usage_hook(record)
+
+        router.on_call = timed
         freeze_startup_heap()  # as the daemon does once it is ready
         workers: list[asyncio.subprocess.Process] = []
         try:
@@ -235,8 +249,6 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
                     break
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - cpu_started + _cpu_s(workers) - workers_cpu
-            async with sessions() as session:
-                model_ms = await session.scalar(select(func.sum(ExecutionLog.latency_ms)))
         finally:
             for worker in workers:
                 if worker.returncode is None:
@@ -246,7 +258,7 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
             await runtime.stop()
             await db.dispose()
     return {"subtasks_per_s": subtasks / elapsed, "wall_ms_per_subtask": elapsed * 1000 / subtasks,
-            "model_ms_per_subtask": float(model_ms or 0) / subtasks, "cpu_ms_per_subtask": cpu * 1000 / subtasks}
+            "model_ms_per_subtask": model_ms / subtasks, "cpu_ms_per_subtask": cpu * 1000 / subtasks}
 
 
 async def _once(name: str, *, subtasks: int, concurrency: int, peer: str, processes: int) -> dict[str, float]:

@@ -356,7 +356,9 @@ class Router:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config or RouterConfig()
-        self._on_call = on_call
+        # Public so a caller can put an observer in front of the usage hook (bench.engine times
+        # model calls this way, to the microsecond; execution_logs keeps whole milliseconds).
+        self.on_call = on_call
         self._clock = clock
         self._rng = rng or random.Random()  # jitter only; not security relevant
         # A counter, not the clock: two picks within one clock tick still rotate in order.
@@ -690,7 +692,7 @@ class Router:
         continued: bool = False,
         ttft: float | None = None,
     ) -> None:
-        if self._on_call is None:
+        if self.on_call is None:
             return
         record = CallRecord(
             deployment=deployment.id,
@@ -706,6 +708,6 @@ class Router:
             time_to_first_token_ms=ttft,
         )
         try:
-            await self._on_call(record)
+            await self.on_call(record)
         except Exception:  # boundary: a failing usage hook must never fail the model call itself
             log.exception("router.usage_hook_failed", deployment=deployment.id)
