@@ -317,7 +317,7 @@ async def _backend(name: str, *, subtasks: int, peer: str, processes: int = 1, r
 def main() -> None:
     """Print per-backend throughput; the last line is the JSON the README quotes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subtasks", type=int, default=300)
+    parser.add_argument("--subtasks", type=int, default=1000)
     parser.add_argument("--json", action="store_true", help="Print only the JSON line on stdout.")
     parser.add_argument("--peer", choices=("process", "inline"), default="process",
                         help="Serve the fake LM Studio from its own process (default) or from the engine's loop.")
