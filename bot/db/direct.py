@@ -148,19 +148,22 @@ def _binder(compiled: SQLCompiler, keys: Sequence[str], binds: Sequence[tuple[st
     return cast(Callable[[Mapping[str, Any]], tuple[Any, ...]], namespace["bind"])
 
 
-_prepared: dict[tuple[int, tuple[str, ...], bool], tuple[Any, _Prepared | None]] = {}
+_prepared: dict[tuple[int, tuple[str, ...], bool, int], tuple[Any, Any, _Prepared | None]] = {}
 
 
 def _prepared_for(connection: AsyncConnection, statement: Any, keys: tuple[str, ...], many: bool) -> _Prepared | None:
-    cache_key = (id(statement), keys, many)
+    # Keyed by the dialect instance too, as `fetch` is: the SQL and the bind processors are the
+    # dialect's, and two engines' dialects may be configured apart.
+    dialect = connection.dialect
+    cache_key = (id(statement), keys, many, id(dialect))
     found = _prepared.get(cache_key)
-    if found is not None and found[0] is statement:
-        return found[1]
+    if found is not None and found[0] is statement and found[1] is dialect:
+        return found[2]
     if len(_prepared) >= MAX_PREPARED:
         _prepared.clear()
     prepared = _prepare(connection, statement, keys, many)
-    # The statement itself is kept with its entry, so its id cannot be reused while cached.
-    _prepared[cache_key] = (statement, prepared)
+    # The statement and dialect are kept with their entry, so their ids cannot be reused while cached.
+    _prepared[cache_key] = (statement, dialect, prepared)
     return prepared
 
 

@@ -223,3 +223,18 @@ async def test_prepared_statements_bind_rows_as_construct_params_does(sqlite_tem
             assert len(bound) == len(expected)
             for (name, _process), got, want in zip(prepared.binds, bound, expected, strict=True):
                 assert got == want or (name in timed and len(got) == len(want)), name
+
+
+async def test_prepared_statements_are_kept_per_dialect(sqlite_template: Path, tmp_path: Path) -> None:
+    """Two engines' writers never share a prepared statement: SQL and bind processors are the dialect's."""
+    for name in ("a.db", "b.db"):
+        shutil.copyfile(sqlite_template, tmp_path / name)
+    row = {"b_id": 1, "b_fence": 0, "b_now": WHEN, "b_later": WHEN}
+    async with _writer(tmp_path / "a.db") as (first, _), _writer(tmp_path / "b.db") as (second, _):
+        assert first.dialect is not second.dialect
+        mine = _prepared_for(first, TOUCH, tuple(row), False)
+        theirs = _prepared_for(second, TOUCH, tuple(row), False)
+        assert mine is not None and theirs is not None and mine is not theirs
+        assert _prepared_for(first, TOUCH, tuple(row), False) is mine  # each kept for its own dialect
+        assert _prepared_for(second, TOUCH, tuple(row), False) is theirs
+        assert (await execute_dml(second, TOUCH, row)).rowcount == 0  # no job 1 in this file: runs, matches none
