@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.base import utcnow
-from bot.db.direct import execute_dml, flush_pending
+from bot.db.direct import execute_dml, read_in
 from bot.db.models import AiModel, AiQualityMetric
 
 VALIDATION_PRIOR = 60.0
@@ -217,8 +217,8 @@ async def rerank(session: AsyncSession, category: str) -> None:
 
     Usually no rank changes, so no row is written (on MariaDB: no row of the category is locked).
     """
-    await flush_pending(session)  # ORM changes of the caller (a rating) are part of the ranking
-    rows = (await session.execute(_CATEGORY_ROWS, {"b_category": category})).all()
+    # Pending ORM changes of the caller (a rating) are flushed first: they are part of the ranking.
+    rows = (await read_in(session, _CATEGORY_ROWS, {"b_category": category})).all()
     ranked = sorted(rows, key=lambda r: (-ranking_score(cast(MetricLike, r)), r.model_id))
     changed = [{"b_id": row.id, "b_rank": position} for position, row in enumerate(ranked, start=1)
                if row.rank != position]

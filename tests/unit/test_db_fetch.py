@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, bindparam, func, select, text
+from sqlalchemy import Table, bindparam, event, func, select, text
 from sqlalchemy.exc import OperationalError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.db.direct import fetch
-from bot.db.engine import RawReaders, create_engine, lazy_reads, raw_readers, read_connection
+from bot.db.direct import fetch, read_in
+from bot.db.engine import RawReaders, create_engine, lazy_reads, raw_readers, read_connection, sqlite_writer
 from bot.db.models import AiModel, AiProvider, Subtask, Task
 from bot.db.models.enums import TaskStatus
 from bot.db.models.queue import Job
@@ -231,3 +231,32 @@ async def test_raw_readers_keep_a_few_connections_and_see_new_commits(database: 
 def test_raw_readers_are_only_for_sqlite_files(sqlite_url: str) -> None:
     assert raw_readers(create_engine("sqlite+aiosqlite://")) is None
     assert raw_readers(create_engine(sqlite_url)) is not None
+
+
+async def test_read_in_sees_the_callers_write_transaction(database: Path) -> None:
+    """Commit hooks' reads: the session's own rows, pending ORM rows included; direct from the second use."""
+    engine = create_engine(f"sqlite+aiosqlite:///{database}")
+    queue = JobQueue(engine)
+    writer = sqlite_writer(engine)
+    assert writer is not None
+    through_sqlalchemy: list[str] = []
+    event.listen(writer.engine.sync_engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_rest: through_sqlalchemy.append(statement))
+    titles = select(TASKS.c.id, TASKS.c.title, TASKS.c.status, TASKS.c.origin, TASKS.c.created_at).order_by(TASKS.c.id)
+    try:
+        async with queue.session() as session:
+            for use in (1, 2):  # SQLAlchemy's route, then the direct one
+                session.add(Task(title=f"pending {use}", description="", origin={"ü": use}, created_at=WHEN,
+                                 updated_at=WHEN))
+                through_sqlalchemy.clear()
+                got = _shape(await read_in(session, titles))
+                # The pending row is flushed first, as autoflush would, on both routes.
+                assert [row[1] for row in got[1]] == ["capital", "done", *(f"pending {n}" for n in range(1, use + 1))]
+                assert any(sql.startswith("SELECT") for sql in through_sqlalchemy) == (use == 1)
+            assert got == _shape(await session.execute(titles))
+            await session.rollback()
+        async with read_connection(engine) as connection:  # no write transaction: SQLAlchemy's route
+            through_sqlalchemy.clear()
+            assert [row.title for row in (await read_in(connection, titles)).all()] == ["capital", "done"]
+    finally:
+        await engine.dispose()
