@@ -206,12 +206,13 @@ def fetch(raw: sqlite3.Connection, dialect: Dialect, statement: Any,
           params: Mapping[str, Any] | None = None) -> Result[Any] | None:
     """Run a Core SELECT on an in-loop sqlite3 connection; None when it is not one this covers.
 
-    The read-side twin of `execute_dml`, for the engine's hot-path lookups (`LazyReads`) and the
-    queue's claim: compiled by SQLAlchemy once per statement and set of parameter names, bound by
-    the same processors, every row fetched and closed at once, and handed back as a SQLAlchemy
-    `Result` whose rows carry the keys and result processors SQLAlchemy's own result would
-    (tested side by side). Statements it does not cover — ORM selects, expanding IN parameters,
-    textual SQL — return None and the caller runs them through SQLAlchemy.
+    The read-side twin of `execute_dml`, for the engine's hot-path lookups (`LazyReads`), the
+    queue's claim and probe, and reads inside a write transaction (`read_in`): compiled by
+    SQLAlchemy once per statement and set of parameter names, bound by the same processors, every
+    row fetched and closed at once, and handed back as a SQLAlchemy `Result` whose rows carry the
+    keys and result processors SQLAlchemy's own result would (tested side by side). Statements it
+    does not cover — ORM selects, expanding IN parameters, textual SQL — return None and the
+    caller runs them through SQLAlchemy.
 
     A statement object takes this path from its second use on; the first returns None too. The
     hot path's statements are module or instance attributes, but a caller may build a statement for

@@ -368,7 +368,8 @@ async def test_the_probe_sees_a_job_fall_due_and_other_connections_commits(
     assert not await queue.has_claimable([KIND])
     await queue.enqueue(spec("soon", available_at=utcnow() + timedelta(seconds=0.6)))
     assert not await queue.has_claimable([KIND])
-    if queue._watch is not None:  # SQLite file: the probe's own connection
+    assert (queue._watch is not None) == queue_url.startswith("sqlite")  # a file: the probe's own connection
+    if queue._watch is not None:
         statements: list[str] = []
         queue._watch.set_trace_callback(statements.append)
         assert not await queue.has_claimable([KIND])
