@@ -11,9 +11,10 @@ disagree, so a third model breaks the tie twice.
 
 The peer runs in its own process by default, as a real LM Studio does: on one event loop with the
 engine it cost the engine about a tenth of its loop (`--peer inline` measures that way).
-"overhead_ms_per_subtask" is the wall time per subtask at concurrency 1 minus the time spent
-inside the model calls (the router's own timing of each call); "cpu_ms_per_subtask" is the engine processes' CPU
-time per subtask at each concurrency (the engine's own work: with the peer in its own process
+"overhead_ms_per_subtask" is the wall time per subtask at concurrency 1 minus the time during
+which at least one model call was in flight (the router's own timing of each call; the reference
+answer and the verdict are asked at once, so their overlap counts once); "cpu_ms_per_subtask" is
+the engine processes' CPU time per subtask at each concurrency (the engine's own work: with the peer in its own process
 nothing else runs there). `--processes N` runs N-1 `orchestrator worker` processes beside this one,
 as `[engine] worker_processes` does, the concurrency split between them (not at concurrency 1).
 Runs on SQLite (WAL, synchronous=NORMAL: every committed step survives SIGKILL, see docs/queue.md)
@@ -152,6 +153,16 @@ def _cpu_s(processes: list[asyncio.subprocess.Process]) -> float:
     return total
 
 
+def _covered_s(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of `intervals` (overlaps counted once)."""
+    covered, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered
+
+
 async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer: str = "process",
                processes: int = 1) -> dict[str, float]:
     from sqlalchemy import func, select, update
@@ -197,14 +208,16 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
         queue_worker.on_event = on_event
         # Time inside model calls, from the router's own record of each call: execution_logs
         # keeps whole milliseconds (a 0.9 ms call is logged as 0), which on this zero-latency peer
-        # moved about 2 ms of model time per subtask into "overhead".
-        model_ms = 0.0
+        # moved about 2 ms of model time per subtask into "overhead". Calls of one subtask can
+        # overlap (the reference and the verdict go out together), so what counts is the time
+        # during which at least one call was in flight, not the sum of the calls' times.
+        calls: list[tuple[float, float]] = []
         router = runtime.router
         usage_hook = router.on_call
 
         async def timed(record: Any) -> None:
-            nonlocal model_ms
-            model_ms += record.latency_ms
+            ended = time.monotonic()  # the router's clock; the record was made just now
+            calls.append((ended - record.latency_ms / 1000, ended))
             if usage_hook is not None:
                 await usage_hook(record)
 
@@ -258,7 +271,7 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
             await runtime.stop()
             await db.dispose()
     return {"subtasks_per_s": subtasks / elapsed, "wall_ms_per_subtask": elapsed * 1000 / subtasks,
-            "model_ms_per_subtask": model_ms / subtasks, "cpu_ms_per_subtask": cpu * 1000 / subtasks}
+            "model_ms_per_subtask": _covered_s(calls) * 1000 / subtasks, "cpu_ms_per_subtask": cpu * 1000 / subtasks}
 
 
 async def _once(name: str, *, subtasks: int, concurrency: int, peer: str, processes: int) -> dict[str, float]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
@@ -21,6 +24,26 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
     for task in pending:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
+    """Await two independent things at once; if either fails, the other is cancelled and awaited.
+
+    Unlike `asyncio.gather`, nothing keeps running after a failure (a model call must not outlive
+    the job attempt that made it), and unlike a `TaskGroup` the caller sees the original
+    exception, not an exception group, so a job's error handling reads the same as for one call.
+    """
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:  # a failure, or this caller cancelled: nothing of the pair may outlive it
+        unfinished = [task for task in tasks if not task.done()]
+        await cancel_and_wait(unfinished)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    return tasks[0].result(), tasks[1].result()
 
 
 YOUNG_COLLECTION_THRESHOLD = 10_000

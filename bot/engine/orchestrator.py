@@ -34,6 +34,7 @@ from sqlalchemy import Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.aio import both
 from bot.db.base import utcnow
 from bot.db.direct import execute_dml
 from bot.db.engine import JSONText, Reads, lazy_reads
@@ -586,12 +587,17 @@ class Engine:
         self._log_choice(task_id, subtask_id, "validator", validator_data)
         self._publish("subtask.validating", task_id, {"subtask_id": subtask_id, "validator": validator.key})
 
-        reference = await ctx.step("reference", lambda: self._text_call(
-            task_id=task_id, subtask_id=subtask_id, event="reference", candidate=validator,
-            messages=[ChatMessage("system", system), ChatMessage("user", prompt)],
-            temperature=executor_role.temperature, max_tokens=executor_role.max_tokens))
-        verdict_data = await ctx.step("verdict", lambda: self._verdict(
-            task_id=task_id, subtask_id=subtask_id, validator=validator, prompt=prompt, answer=answer))
+        # The independent answer and the verdict need nothing from each other: both requests go
+        # out at once (a server with parallel slots answers both in the time of one), and each is
+        # stored as its own step when it lands (the first one's commit runs while the other call
+        # is still out).
+        reference, verdict_data = await both(
+            ctx.step("reference", lambda: self._text_call(
+                task_id=task_id, subtask_id=subtask_id, event="reference", candidate=validator,
+                messages=[ChatMessage("system", system), ChatMessage("user", prompt)],
+                temperature=executor_role.temperature, max_tokens=executor_role.max_tokens)),
+            ctx.step("verdict", lambda: self._verdict(
+                task_id=task_id, subtask_id=subtask_id, validator=validator, prompt=prompt, answer=answer)))
         if "error" in verdict_data:
             return await self._finish_subtask(ctx, task_id=task_id, subtask_id=subtask_id, category=category,
                                               alone=alone, executor=executor, execution=execution, final=answer,
@@ -673,12 +679,14 @@ class Engine:
             if flagged.get("suspect"):
                 review += ("\nAutomatic checks flagged the RESULT as a possible hallucination: "
                            + "; ".join(suspicion.reasons(flagged)))
-            first = await ctx.step("judge.executor_first", lambda: self._judge(
-                task_id=task_id, subtask_id=subtask_id, judge=judge, prompt=prompt, first=answer, second=reference,
-                review=review))
-            second = await ctx.step("judge.validator_first", lambda: self._judge(
-                task_id=task_id, subtask_id=subtask_id, judge=judge, prompt=prompt, first=reference, second=answer,
-                review=review))
+            # The two orders are independent judgements: asked at once, stored as each lands.
+            first, second = await both(
+                ctx.step("judge.executor_first", lambda: self._judge(
+                    task_id=task_id, subtask_id=subtask_id, judge=judge, prompt=prompt, first=answer,
+                    second=reference, review=review)),
+                ctx.step("judge.validator_first", lambda: self._judge(
+                    task_id=task_id, subtask_id=subtask_id, judge=judge, prompt=prompt, first=reference,
+                    second=answer, review=review)))
             picks = (_pick(first.get("winner"), executor_shown="result"),
                      _pick(second.get("winner"), executor_shown="alternative"))
             outcome = picks[0] if picks[0] == picks[1] else "tie"

@@ -198,6 +198,41 @@ async def test_divergence_calls_a_third_model_that_judges_twice_swapped(migrated
         await stop(runtime)
 
 
+async def test_independent_calls_of_a_subtask_are_in_flight_together(migrated_db: str, lmstudio: FakeLMStudio,
+                                                                      tmp_path: Path) -> None:
+    """The reference answer and the verdict go out at once, and so do the two judgements."""
+    delay = 0.5  # every answer takes this long: serial calls would arrive at least this far apart
+    common = {"Plan": plan(step(1, "capital of Australia")), "Verdict": verdict(30, "reject", "wrong capital")}
+    lmstudio.script("aaa-wrong-7b", answer=SYDNEY, family="qwen", structured=common, first_token_delay_s=delay)
+    lmstudio.script("bbb-right-3b", answer=CANBERRA, family="llama", structured=common, first_token_delay_s=delay)
+    lmstudio.script("ccc-judge-9b", answer=CANBERRA, family="gemma", structured=common,
+                    responder=judge_prefers("Canberra"), first_token_delay_s=delay)
+    runtime = await start_engine(migrated_db, lmstudio, tmp_path)
+    try:
+        assert runtime.engine is not None
+        task = await wait_task(runtime, (await runtime.engine.submit(title="Capital of Australia?",
+                                                                     single_step=True)).task_id)
+        assert str(task.status) == "completed", task.error
+        (sub,) = await subtasks_of(runtime, task.id)
+        keys = await model_keys(runtime)
+        validator, judge = keys[sub.validator_model_id or 0], keys[sub.tiebreaker_model_id or 0]
+        calls = lmstudio.calls("/v1/chat/completions")
+        checking = [c for c in calls if c.body.get("model") == validator and "ALTERNATIVE:" not in
+                    c.body["messages"][-1]["content"]]
+        assert sorted("response_format" in c.body for c in checking) == [False, True]  # reference, verdict
+        judging = [c for c in calls if c.body.get("model") == judge and "ALTERNATIVE:" in
+                   c.body["messages"][-1]["content"]]
+        assert len(judging) == 2
+        for pair in (checking, judging):
+            assert abs(pair[0].at - pair[1].at) < delay / 2, [c.at for c in pair]
+        async with runtime.sessions() as session:
+            stored = set((await session.scalars(select(ExecutionLog.event).where(ExecutionLog.task_id == task.id)
+                                                )).all())
+        assert {"execute", "reference", "verdict", "judge"} <= stored
+    finally:
+        await stop(runtime)
+
+
 async def test_position_bias_is_a_tie_and_the_policy_decides(migrated_db: str, lmstudio: FakeLMStudio,
                                                              tmp_path: Path) -> None:
     always_first = json.dumps({"winner": "result", "score": 70, "verdict": "approve", "reasons": ["first"],
