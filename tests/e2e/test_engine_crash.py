@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -21,6 +22,7 @@ from bot.engine.providers.router import Router
 from bot.engine.queue import JobQueue
 from bot.settings import EngineSettings
 from tests.fakes import FakeLMStudio
+from tests.fakes._base import schema_title
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSWER = " ".join(f"word{i}" for i in range(60)) + "."
@@ -115,4 +117,62 @@ async def test_sigkill_with_20_subtasks_in_flight(migrated_db: str, tmp_path: Pa
         resumed = [c for c in fake.calls("/v1/chat/completions")
                    if c.body.get("messages", [{}])[-1].get("role") == "assistant"]
         assert len(resumed) > resumed_before, "no stream was resumed from its checkpoint"
+        await db.dispose()
+
+
+@pytest.mark.slow
+async def test_a_kill_while_the_verdict_is_out_asks_again_only_for_the_verdict(migrated_db: str,
+                                                                               tmp_path: Path) -> None:
+    """The reference and the verdict are asked at once and each stored as it lands: a crash after
+    the reference is stored and before the verdict lands re-asks only the verdict."""
+    verdict = {"score": 92, "verdict": "approve", "issues": [], "summary": "fine"}
+    async with FakeLMStudio() as fake:
+        for name, family in (("alpha-7b", "qwen"), ("beta-3b", "llama")):
+            # Free-text answers come at once; the verdict is held until the worker has been killed.
+            fake.script(name, answer=ANSWER, family=family, structured={"Verdict": verdict}, structured_delay_s=600)
+        db = create_engine(migrated_db)
+        sessions = session_factory(db)
+        async with sessions() as session, session.begin():
+            await session.execute(update(AiProvider).values(base_url=fake.url))
+        engine = Engine(session_factory=sessions, router=Router(), queue=JobQueue(db), settings=EngineSettings())
+        task_id = (await engine.submit(title="one answer", single_step=True)).task_id
+        log = tmp_path / "worker.log"
+        worker = start_worker(migrated_db, fake, tmp_path / "data", log)
+
+        def asked(title: str | None) -> list[Any]:
+            return [c for c in fake.calls("/v1/chat/completions") if schema_title(c.body) == title]
+
+        try:
+            async def reference_stored() -> bool:
+                async with sessions() as session:
+                    keys = set((await session.scalars(select(JobCheckpoint.key))).all())
+                return "reference" in keys and "verdict" not in keys
+
+            await poll(reference_stored, timeout=60, what="the reference answer to be stored")
+            assert len(asked("Verdict")) == 1  # out, and held by the peer
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+            for name in ("alpha-7b", "beta-3b"):
+                fake.script(name, structured_delay_s=0.0)
+            worker = start_worker(migrated_db, fake, tmp_path / "data", log)
+
+            async def finished() -> bool:
+                async with sessions() as session:
+                    task = await session.get(Task, task_id)
+                    return task is not None and str(task.status) in ("completed", "failed")
+
+            await poll(finished, timeout=60, what="the task to finish after the restart")
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=30)
+        free_text = asked(None)
+        assert len([c for c in free_text if c.body.get("stream")]) == 1  # the execution: stored, never re-run
+        assert len([c for c in free_text if not c.body.get("stream")]) == 1  # the reference: stored, not re-asked
+        assert len(asked("Verdict")) == 2  # lost with the process, asked again
+        async with sessions() as session:
+            task = await session.get(Task, task_id)
+            (subtask,) = (await session.scalars(select(Subtask).where(Subtask.task_id == task_id))).all()
+        assert task is not None and str(task.status) == "completed", (task and task.error, log.read_text()[-3000:])
+        assert subtask.validation is not None and subtask.validation["status"] == "validated"
+        assert subtask.validation["reference_answer"] == ANSWER and subtask.validation_score == 92
         await db.dispose()

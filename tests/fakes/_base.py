@@ -34,6 +34,8 @@ class ModelScript:
     Timing:
       first_token_delay_s  wait before the first token (slow first token / TTFT tests)
       token_delay_s        wait between tokens
+      structured_delay_s   extra wait before answering a request that asks for structured output
+                           (a verdict or a plan slower than a free-text answer of the same model)
     Stream faults:
       drop_after_tokens    cut the TCP connection after N tokens (no terminator)
       error_after_tokens   send the server's error event after N tokens, then end the stream
@@ -61,6 +63,7 @@ class ModelScript:
     tokens: list[str] | None = None
     first_token_delay_s: float = 0.0
     token_delay_s: float = 0.0
+    structured_delay_s: float = 0.0
     drop_after_tokens: int | None = None
     error_after_tokens: int | None = None
     error_message: str = "model crashed while generating"

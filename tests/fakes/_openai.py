@@ -15,7 +15,15 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes._base import _TOKEN_RE, JSON_BODY, FakeLLMServer, ModelScript, count_words, embedding_for
+from tests.fakes._base import (
+    _TOKEN_RE,
+    JSON_BODY,
+    FakeLLMServer,
+    ModelScript,
+    count_words,
+    embedding_for,
+    schema_title,
+)
 
 
 def openai_error(
@@ -115,6 +123,8 @@ class OpenAIProtocolMixin(FakeLLMServer):
         }
         chat_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
+        if script.structured_delay_s and schema_title(body) is not None:
+            await asyncio.sleep(script.structured_delay_s)
         if not body.get("stream"):
             if script.first_token_delay_s:
                 await asyncio.sleep(script.first_token_delay_s)

@@ -28,7 +28,15 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes._base import _TOKEN_RE, JSON_BODY, FakeLLMServer, ModelScript, count_words, embedding_for
+from tests.fakes._base import (
+    _TOKEN_RE,
+    JSON_BODY,
+    FakeLLMServer,
+    ModelScript,
+    count_words,
+    embedding_for,
+    schema_title,
+)
 
 _CREATED_AT = "2026-01-01T00:00:00.000000Z"
 
@@ -253,6 +261,9 @@ class FakeOllama(FakeLLMServer):
             "eval_count": len(tokens),
             "eval_duration": eval_duration,
         }
+
+        if script.structured_delay_s and schema_title(body) is not None:
+            await asyncio.sleep(script.structured_delay_s)
 
         def piece(text: str) -> dict[str, Any]:
             if chat:
