@@ -188,7 +188,9 @@ async def _run(url: str, workdir: Path, *, subtasks: int, concurrency: int, peer
         db = create_engine(url, settings=settings.database)
         sessions = session_factory(db)
         async with sessions() as session, session.begin():
-            await session.execute(update(AiProvider).values(base_url=peer_url))
+            # The peer serves any number of requests at once, as a server with that many parallel
+            # slots would (the seeded LM Studio row says 2, a typical desktop setting).
+            await session.execute(update(AiProvider).values(base_url=peer_url, max_concurrency=256))
         # An event bus as in the daemon: every event is published, and relayed through the
         # database where `[engine] relay_events` says so (auto: on MariaDB).
         runtime = EngineRuntime(settings=settings, db_engine=db, sessions=sessions, embedder=LexicalEmbedder(),

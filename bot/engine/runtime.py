@@ -87,8 +87,11 @@ class EngineRuntime:
         self.engine = Engine(session_factory=self.sessions, router=self.router, queue=self.queue,
                              settings=self.settings.engine, bus=self.bus, embedder=self.embedder,
                              monitor_state=self.monitor_state)
+        limits = await self._provider_limits()
+        # Each provider's parallel slots cap its model calls (a subtask's choice of model happens
+        # inside its job, so the queue's per-provider job slots cannot see it).
+        self.router.limit_providers(limits)
         if run_worker:
-            limits = await self._provider_limits()
             self.worker = Worker(queue=self.queue, handlers=self.engine.handlers, worker_id=self.worker_id,
                                  concurrency=self.settings.engine.max_concurrency, provider_limits=limits,
                                  on_event=self.engine.on_queue_event, admission=self.admission)

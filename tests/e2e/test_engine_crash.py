@@ -58,7 +58,8 @@ async def test_sigkill_with_20_subtasks_in_flight(migrated_db: str, tmp_path: Pa
         db = create_engine(migrated_db)
         sessions = session_factory(db)
         async with sessions() as session, session.begin():
-            await session.execute(update(AiProvider).values(base_url=fake.url))
+            # A server with slots for every stream at once: twenty subtasks must be in flight together.
+            await session.execute(update(AiProvider).values(base_url=fake.url, max_concurrency=2 * N))
         engine = Engine(session_factory=sessions, router=Router(), queue=JobQueue(db), settings=EngineSettings())
         task_ids = [(await engine.submit(title=f"ten parts #{n}")).task_id for n in range(N // PER_TASK)]
         log = tmp_path / "worker.log"

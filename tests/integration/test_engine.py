@@ -4,6 +4,7 @@ validator and tie-breaker: real HTTP, real queue, real database (SQLite and Mari
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -229,6 +230,30 @@ async def test_independent_calls_of_a_subtask_are_in_flight_together(migrated_db
             stored = set((await session.scalars(select(ExecutionLog.event).where(ExecutionLog.task_id == task.id)
                                                 )).all())
         assert {"execute", "reference", "verdict", "judge"} <= stored
+    finally:
+        await stop(runtime)
+
+
+async def test_a_provider_with_one_slot_gets_one_call_at_a_time(migrated_db: str, lmstudio: FakeLMStudio,
+                                                                 tmp_path: Path) -> None:
+    """`ai_providers.max_concurrency` caps the engine's calls: the validator's two calls then queue."""
+    delay = 0.4
+    for name, family in (("qwen2.5-7b-instruct", "qwen"), ("llama-3.2-3b-instruct", "llama")):
+        lmstudio.script(name, answer=PARIS, family=family, structured={"Verdict": verdict(95, "approve")},
+                        first_token_delay_s=delay)
+    db = create_engine(migrated_db)
+    async with session_factory(db)() as session, session.begin():
+        await session.execute(update(AiProvider).values(max_concurrency=1))
+    await db.dispose()
+    runtime = await start_engine(migrated_db, lmstudio, tmp_path)
+    try:
+        assert runtime.engine is not None
+        task = await wait_task(runtime, (await runtime.engine.submit(title="Capital of France?",
+                                                                     single_step=True)).task_id)
+        assert str(task.status) == "completed", task.error
+        arrivals = sorted(c.at for c in lmstudio.calls("/v1/chat/completions"))
+        assert len(arrivals) == 3  # execute, reference, verdict
+        assert all(later - earlier >= delay * 0.9 for earlier, later in itertools.pairwise(arrivals))
     finally:
         await stop(runtime)
 

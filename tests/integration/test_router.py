@@ -246,6 +246,46 @@ async def test_concurrent_requests_spread_over_servers_of_the_same_model(
     assert len(second.calls(CHAT)) == 3
 
 
+async def test_a_provider_never_gets_more_calls_at_once_than_its_slots(
+    servers: tuple[FakeOpenAICompat, FakeOpenAICompat],
+) -> None:
+    fake, _ = servers
+    delay = 0.3
+    fake.script("m", answer="a b c", first_token_delay_s=delay)
+    router = Router(deployments=[Deployment(provider=provider("a", fake), model="m")])
+    router.limit_providers({"a": 2})
+    results = await asyncio.gather(*(router.chat(request()) for _ in range(4)),
+                                   *(collect(router, request()) for _ in range(2)))
+    assert [r.text for r in results[:4]] == ["a b c"] * 4 and [r[0] for r in results[4:]] == ["a b c"] * 2
+    arrivals = sorted(call.at for call in fake.calls(CHAT))
+    assert len(arrivals) == 6
+    # Two slots: no three requests (whole answers or streams) reach the server within one answer's time.
+    assert all(arrivals[i + 2] - arrivals[i] >= delay * 0.9 for i in range(len(arrivals) - 2)), arrivals
+    assert router.health()[0].in_flight == 0
+
+
+async def test_waiting_for_a_slot_counts_against_the_total_timeout(
+    servers: tuple[FakeOpenAICompat, FakeOpenAICompat],
+) -> None:
+    fake, _ = servers
+    fake.script("m", answer="held", first_token_delay_s=1.0)
+    router = Router(deployments=[Deployment(provider=provider("a", fake), model="m")],
+                    config=RouterConfig(backoff_base_s=0))
+    router.limit_providers({"a": 1})
+    holder = asyncio.create_task(router.chat(request()))
+    while not fake.calls(CHAT):  # the first call has the only slot
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(ProviderTimeoutError):
+        await router.chat(request(timeout_s=0.3))
+    assert time.monotonic() - started < 0.9  # gave up at its own deadline, not when the slot freed
+    assert len(fake.calls(CHAT)) == 1  # the waiting call never reached the server
+    assert (await holder).text == "held"
+    fake.script("m", first_token_delay_s=0.0)
+    assert (await router.chat(request(timeout_s=5))).text == "held"  # the slot was given back
+    assert router.health()[0].in_flight == 0
+
+
 async def test_slow_first_token_fails_over_quickly(servers: tuple[FakeOpenAICompat, FakeOpenAICompat]) -> None:
     slow, quick = servers
     slow.script("m", answer="slow answer", first_token_delay_s=10)

@@ -366,6 +366,8 @@ class Router:
         self._groups: dict[str, list[Deployment]] = {}
         self._names: frozenset[str] = frozenset()
         self._states: dict[str, _State] = {}
+        # Calls each provider may have at once (its parallel slots); providers not named: no cap.
+        self._slots: dict[str, asyncio.Semaphore] = {}
         for deployment in deployments:
             self.add(deployment)
 
@@ -424,6 +426,32 @@ class Router:
                 )
         return rows
 
+    def limit_providers(self, limits: Mapping[str, int]) -> None:
+        """At most `limits[name]` calls at once to each named provider (`ai_providers.max_concurrency`).
+
+        A server runs only so many requests in parallel (LM Studio's and llama.cpp's parallel
+        slots, Ollama's OLLAMA_NUM_PARALLEL); more would queue inside it, invisible to deadlines
+        and to load balancing. Calls past the cap wait here for a slot, within their own total
+        timeout, and count as that deployment's load meanwhile. A limit of 0 or less, or a
+        provider not named, means no cap. Calls already holding a slot keep it.
+        """
+        self._slots = {name: asyncio.Semaphore(limit) for name, limit in limits.items() if limit > 0}
+
+    async def _take_slot(self, deployment: Deployment, deadline: float | None) -> asyncio.Semaphore | None:
+        """Wait for one of the provider's slots (None: it has no cap); the caller releases it."""
+        slot = self._slots.get(deployment.provider.name)
+        if slot is None:
+            return None
+        remaining = self._remaining(deadline)
+        try:
+            async with asyncio.timeout(remaining):
+                await slot.acquire()
+        except TimeoutError as err:
+            raise ProviderTimeoutError(
+                f"{deployment.id}: every slot of {deployment.provider.name} stayed busy for {remaining:.1f} s"
+            ) from err
+        return slot
+
     # -- calls -----------------------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest) -> ChatResult:
@@ -434,7 +462,10 @@ class Router:
             state = self._state(deployment)
             state.in_flight += 1
             started = self._clock()
+            slot: asyncio.Semaphore | None = None
             try:
+                slot = await self._take_slot(deployment, deadline)
+                started = self._clock()  # the model's time, not the wait for a slot
                 remaining = self._remaining(deadline)
                 per_attempt = replace(request, model=deployment.model, timeout_s=remaining)
                 try:
@@ -460,6 +491,8 @@ class Router:
                 return result
             finally:
                 state.in_flight -= 1
+                if slot is not None:
+                    slot.release()
         raise attempts.exhausted_error(request.model)
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
@@ -483,7 +516,10 @@ class Router:
             state = self._state(deployment)
             state.in_flight += 1
             started = self._clock()
+            slot: asyncio.Semaphore | None = None
             try:
+                slot = await self._take_slot(deployment, deadline)
+                started = self._clock()  # the model's time, not the wait for a slot
                 stream = self._guarded(deployment, self._stream_request(request, deployment, emitted), deadline)
                 async with contextlib.aclosing(stream):
                     async for delta in stream:
@@ -505,6 +541,8 @@ class Router:
                 held += stitcher.flush()
             finally:
                 state.in_flight -= 1
+                if slot is not None:  # the stream is closed by now (aclosing above)
+                    slot.release()
             if failure is not None:
                 emitted += held
                 self._record(deployment, ok=False, err=failure)
