@@ -14,9 +14,10 @@ engine it cost the engine about a tenth of its loop (`--peer inline` measures th
 "overhead_ms_per_subtask" is the wall time per subtask at concurrency 1 minus the time during
 which at least one model call was in flight (the router's own timing of each call; the reference
 answer and the verdict are asked at once, so their overlap counts once); "cpu_ms_per_subtask" is
-the engine processes' CPU time per subtask at each concurrency (the engine's own work: with the peer in its own process
-nothing else runs there). `--processes N` runs N-1 `orchestrator worker` processes beside this one,
-as `[engine] worker_processes` does, the concurrency split between them (not at concurrency 1).
+the engine processes' CPU time per subtask at each concurrency (the engine's own work: with the
+peer in its own process nothing else runs there). `--processes N` runs N-1 `orchestrator worker`
+processes beside this one, as `[engine] worker_processes` does, the concurrency split between
+them (not at concurrency 1).
 Runs on SQLite (WAL, synchronous=NORMAL: every committed step survives SIGKILL, see docs/queue.md)
 and, when one answers on 127.0.0.1:3306, MariaDB. The last line is JSON: each number is the median
 of `--repeat` runs (fresh database and peer each), and "runs" keeps every run's value.
