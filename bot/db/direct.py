@@ -24,14 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy.engine import Connection, CursorResult, Dialect, Result
+from sqlalchemy.engine import CursorResult, Dialect, Result
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Delete, Insert, Select, Update
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from bot.db.engine import inline_sqlite_connection, inline_sqlite_driver
+from bot.db.engine import inline_sqlite_connection, run_raw_sql
 
 Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 
@@ -309,16 +309,7 @@ async def execute_sql(connection: AsyncConnection, sql: str) -> None:
     if raw is None:
         await connection.exec_driver_sql(sql)
         return
-    _run_sql(raw, sql)
-
-
-def execute_sql_sync(connection: Connection, sql: str) -> None:
-    """`execute_sql` from SQLAlchemy's synchronous side (inside its greenlet, as `run_sync` runs)."""
-    raw = inline_sqlite_driver(connection)
-    if raw is None:
-        connection.exec_driver_sql(sql)
-        return
-    _run_sql(raw, sql)
+    run_raw_sql(raw, sql)
 
 
 def data_version(raw: sqlite3.Connection) -> int:
@@ -332,13 +323,6 @@ def data_version(raw: sqlite3.Connection) -> int:
             cursor.close()
     except sqlite3.Error as err:
         raise DBAPIError.instance("PRAGMA data_version", (), err, sqlite3.Error) from err
-
-
-def _run_sql(raw: sqlite3.Connection, sql: str) -> None:
-    try:
-        raw.execute(sql).close()
-    except sqlite3.Error as err:
-        raise DBAPIError.instance(sql, (), err, sqlite3.Error) from err
 
 
 async def flush_pending(session: AsyncSession) -> None:

@@ -5,6 +5,8 @@ checkpointing the partial output per token, then writes its result row through a
 `ORCH_TEST_KILL_AT=<boundary>` with `ORCH_TEST_KILL_AFTER=<n>` makes it SIGKILL itself the n-th
 time it reaches that boundary, so tests crash it exactly at a commit or model-call edge.
 `claim`: a bare claimer that claims in batches, records every claim to a file and completes them.
+It prints "ready" and waits for a line on stdin before its first claim, so a test can start
+several claimers at the same moment (a claimer that boots first can otherwise drain the queue).
 """
 
 from __future__ import annotations
@@ -211,6 +213,8 @@ async def run_claimer(args: argparse.Namespace) -> None:
     engine = create_engine(args.url)
     queue = JobQueue(engine, lease_s=300)
     claimed_total = 0
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     with Path(args.out).open("w", encoding="utf-8") as record:
         try:
             while True:
@@ -241,6 +245,10 @@ async def run_claimer(args: argparse.Namespace) -> None:
                 if len(done) != len(jobs):
                     raise SystemExit(f"{len(jobs) - len(done)} completions were refused")
                 claimed_total += len(jobs)
+                # A worker runs its jobs between two claims. Claiming again at once, a claimer
+                # re-took SQLite's write lock within microseconds of its commit, and the other
+                # process's retries (backing off from 1 ms) rarely found it free: one drained the queue.
+                await asyncio.sleep(0.002)
         finally:
             await engine.dispose()
     print(json.dumps({"claimed": claimed_total}))

@@ -799,3 +799,90 @@ async def test_a_sqlite_writer_waits_for_another_connections_write_lock(
     finally:
         holder.close()
         await engine.dispose()
+
+
+async def test_a_commit_sqlite_refuses_is_rolled_back_and_the_writer_goes_on(
+    queue_sqlite_template: Path, tmp_path: Path  # noqa: F811  (a fixture)
+) -> None:
+    """The writer commits on sqlite3 itself: a refused commit is raised as SQLAlchemy's error,
+    leaves nothing behind, and the next write goes through on the same kept connection."""
+    import shutil
+    import sqlite3
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from bot.db.direct import execute_sql
+
+    path = tmp_path / "queue.db"
+    shutil.copyfile(queue_sqlite_template, path)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    queue = JobQueue(engine)
+    try:
+        with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+            async with queue.transaction() as connection:
+                # Checked at COMMIT, not at the INSERT: the commit itself is what fails.
+                await execute_sql(connection, "PRAGMA defer_foreign_keys = ON")
+                await connection.execute(text(
+                    "INSERT INTO job_checkpoints (job_id, key, kind, seq, fence, data, created_at, updated_at) "
+                    "VALUES (424242, 'orphan', 'step', 1, 0, '{}', '2026-01-01', '2026-01-01')"))
+        job_id, created = await queue.enqueue(spec("after-a-refused-commit"))
+        assert created
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("SELECT count(*) FROM job_checkpoints").fetchone() == (0,)
+            assert raw.execute("SELECT count(*) FROM jobs WHERE id = ?", (job_id,)).fetchone() == (1,)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_write_ended_through_sqlalchemy_leaves_the_writer_usable(
+    queue_sqlite_template: Path, tmp_path: Path  # noqa: F811  (a fixture)
+) -> None:
+    """A caller that rolls back through SQLAlchemy (as a lost lease's completion does) ends the
+    transaction on both sides; the kept connection opens SQLAlchemy's side again next time."""
+    import shutil
+
+    path = tmp_path / "queue.db"
+    shutil.copyfile(queue_sqlite_template, path)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    queue = JobQueue(engine)
+    try:
+        async with queue.transaction() as connection:
+            await queue.enqueue_in(connection, [spec("rolled-back")])
+            await connection.rollback()
+        assert await queue.counts() == {}
+        _job_id, created = await queue.enqueue(spec("kept"))
+        assert created
+        assert await queue.counts() == {"queued": 1}
+    finally:
+        await engine.dispose()
+
+
+async def test_the_writer_closes_its_kept_connection_when_collected(
+    queue_sqlite_template: Path, tmp_path: Path  # noqa: F811  (a fixture)
+) -> None:
+    """No pool warning (warnings are errors here) and no open sqlite3 connection left behind."""
+    import gc
+    import shutil
+    import sqlite3
+    import warnings
+
+    from bot.db.engine import inline_sqlite_connection, sqlite_writer
+
+    path = tmp_path / "queue.db"
+    shutil.copyfile(queue_sqlite_template, path)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    await JobQueue(engine).enqueue(spec("one"))
+    writer = sqlite_writer(engine)
+    assert writer is not None
+    async with writer.lock:
+        raw = inline_sqlite_connection(await writer.connection())
+    assert raw is not None
+    await engine.dispose()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del writer, engine
+        gc.collect()
+    assert not caught, [str(w.message) for w in caught]
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        raw.execute("SELECT 1")

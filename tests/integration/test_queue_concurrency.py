@@ -49,11 +49,21 @@ async def test_two_claimers_never_share_a_job(queue_url: str, tmp_path: Path) ->
                 "100",
                 cwd=REPO,
                 env=env,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
             for name, out in zip("ab", outputs, strict=True)
         ]
+        # Both claim from the same moment: on a fast machine the first to finish importing
+        # drained all 10,000 jobs before the other was up, and the test saw one claimer.
+        for claimer in claimers:
+            assert claimer.stdout is not None
+            ready = await asyncio.wait_for(claimer.stdout.readline(), timeout=60)
+            assert ready.strip() == b"ready", ready
+        for claimer in claimers:
+            assert claimer.stdin is not None
+            claimer.stdin.write(b"go\n")
         results = await asyncio.wait_for(asyncio.gather(*(claimer.communicate() for claimer in claimers)), timeout=240)
         for claimer, (_stdout, stderr) in zip(claimers, results, strict=True):
             assert claimer.returncode == 0, stderr.decode()[-2000:]

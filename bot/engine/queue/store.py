@@ -31,14 +31,13 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Table, and_, bindparam, delete, func, literal, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql import Executable
-from sqlalchemy.util.concurrency import greenlet_spawn
 
 from bot.db.base import utcnow
-from bot.db.direct import data_version, execute_dml, execute_sql, execute_sql_sync, fetch, flush_pending
+from bot.db.direct import data_version, execute_dml, execute_sql, fetch, flush_pending
 from bot.db.engine import JSONText, inline_sqlite_connection, is_sqlite, lazy_reads, raw_readers, sqlite_writer
 from bot.db.models.queue import (
     CHECKPOINT_PARTIAL,
@@ -273,28 +272,6 @@ async def _committed(connection: AsyncConnection) -> AsyncIterator[AsyncConnecti
     await connection.commit()
 
 
-def _checkout_immediate(engine: Engine) -> Connection:
-    """Check a connection out, begin SQLAlchemy's transaction and take SQLite's write lock."""
-    connection = engine.connect()
-    try:
-        connection.begin()  # SQLAlchemy's side of the transaction: no SQL on SQLite
-        execute_sql_sync(connection, "BEGIN IMMEDIATE")
-    except BaseException:
-        connection.close()  # back to the pool, rolled back
-        raise
-    return connection
-
-
-def _end(connection: Connection | None, *, commit: bool) -> None:
-    """Commit (or roll back) and return the connection to the pool, in one synchronous call."""
-    assert connection is not None
-    try:
-        if commit:
-            connection.commit()
-    finally:
-        connection.close()  # rolls back whatever is still open
-
-
 def _lease_matches(lease: Lease) -> Any:
     return and_(
         JOBS.c.id == lease.job_id,
@@ -482,26 +459,26 @@ class JobQueue:
                     yield connection
             return
         async with self._write_lock:
-            # Opened, begun and ended in one synchronous call each: every call into SQLAlchemy's
-            # async layer runs in a new greenlet, which costs more than the SQLite work of a
-            # small transaction (a fresh Python data stack, mapped and unmapped, per greenlet).
-            # Nothing here leaves the loop turn: the in-loop connection never waits.
+            # Begun and ended on sqlite3 itself, on a connection kept checked out (see
+            # `SqliteWriter`). Nothing here leaves the loop turn: the in-loop connection never waits.
             connection = await self._begin_immediate()
             try:
                 yield connection
             except BaseException:
-                await greenlet_spawn(_end, connection.sync_connection, commit=False)
+                self._writer.end(connection, commit=False)
                 raise
-            await greenlet_spawn(_end, connection.sync_connection, commit=True)
+            self._writer.end(connection, commit=True)
             self._writer.committed()
 
     async def _begin_immediate(self) -> AsyncConnection:
         """The writer's connection inside a transaction holding SQLite's write lock."""
-        assert self._writer is not None
-        engine = self._writer.engine
+        writer = self._writer
+        assert writer is not None
+        connection = await writer.connection()
 
         async def attempt() -> AsyncConnection:
-            return AsyncConnection(engine, await greenlet_spawn(_checkout_immediate, engine.sync_engine))
+            writer.begin_immediate(connection)
+            return connection
 
         return await self._waiting_for_the_lock(attempt)
 
