@@ -818,14 +818,18 @@ async def test_a_commit_sqlite_refuses_is_rolled_back_and_the_writer_goes_on(
     shutil.copyfile(queue_sqlite_template, path)
     engine = create_engine(f"sqlite+aiosqlite:///{path}")
     queue = JobQueue(engine)
+
+    async def orphan_step() -> None:
+        async with queue.transaction() as connection:
+            # Checked at COMMIT, not at the INSERT: the commit itself is what fails.
+            await execute_sql(connection, "PRAGMA defer_foreign_keys = ON")
+            await connection.execute(text(
+                "INSERT INTO job_checkpoints (job_id, key, kind, seq, fence, data, created_at, updated_at) "
+                "VALUES (424242, 'orphan', 'step', 1, 0, '{}', '2026-01-01', '2026-01-01')"))
+
     try:
         with pytest.raises(IntegrityError, match="FOREIGN KEY"):
-            async with queue.transaction() as connection:
-                # Checked at COMMIT, not at the INSERT: the commit itself is what fails.
-                await execute_sql(connection, "PRAGMA defer_foreign_keys = ON")
-                await connection.execute(text(
-                    "INSERT INTO job_checkpoints (job_id, key, kind, seq, fence, data, created_at, updated_at) "
-                    "VALUES (424242, 'orphan', 'step', 1, 0, '{}', '2026-01-01', '2026-01-01')"))
+            await orphan_step()
         job_id, created = await queue.enqueue(spec("after-a-refused-commit"))
         assert created
         with sqlite3.connect(path) as raw:
