@@ -68,7 +68,12 @@ class LexicalEmbedder:
     # daemon's memory stays bounded while the words and trigrams of its answers stay cached.
     cache_size = 65536
 
+    # Texts whose vector is remembered (4 KB each), the oldest forgotten first: a subtask's
+    # answer and reference are embedded by the divergence and again by the hallucination check.
+    rows_cached = 64
+
     def __init__(self) -> None:
+        self._rows: dict[str, npt.NDArray[np.float64]] = {}
         self._slots: dict[str, int] = {}
         # The same slots keyed by the bare word or trigram: no "w:"/"c:" string built per feature.
         self._word_slots: dict[str, int] = {}
@@ -107,6 +112,29 @@ class LexicalEmbedder:
         return slots
 
     def rows(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
+        """Unit vectors of `texts`, one row each; texts embedded lately are not embedded again.
+
+        A row depends on its text alone, so a remembered one is the row computing it gives.
+        """
+        known = self._rows
+        missing = list(dict.fromkeys(text for text in texts if text not in known))
+        if missing:
+            fresh = self._compute(missing)
+            if len(missing) <= self.rows_cached:
+                for text, row in zip(missing, fresh.copy(), strict=True):
+                    known[text] = row  # its own copy: the caller may change the matrix it gets
+                while len(known) > self.rows_cached:
+                    del known[next(iter(known))]
+            if len(missing) == len(texts):  # nothing remembered, no text twice: as computed
+                return fresh
+        if not texts:
+            return np.zeros((0, self.dimensions))
+        rows = [known.get(text) for text in texts]
+        if any(row is None for row in rows):  # more new texts in one call than are remembered
+            return self._compute(texts)
+        return np.vstack(cast(list[npt.NDArray[np.float64]], rows))
+
+    def _compute(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """Unit vectors of `texts`, one row each, summed and normalised in numpy for the whole batch.
 
         Building a list of 512 floats per text and converting it was half the cost of a check's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bot.engine.divergence import compare_claims, measure_divergence, semantic_term, verdict_term
@@ -132,3 +133,18 @@ async def test_remembered_feature_slots_never_change_a_vector() -> None:
     assert await tiny.embed(texts) == expected
     assert await reused.embed(texts) == expected
     assert len(tiny._slots) <= 5
+
+
+async def test_remembered_texts_give_the_vectors_computing_them_gives() -> None:
+    """The per-text memo: same rows bit for bit, bounded, and a caller's changes never reach it."""
+    texts = [pair[key] for pair in PAIRS for key in ("answer", "reference")]
+    expected = LexicalEmbedder().rows(texts)
+    memo = LexicalEmbedder()
+    memo.rows_cached = 6
+    first = memo.rows(texts[:4])
+    first[:] = 0.0  # the caller owns what it gets
+    mixed = memo.rows([texts[3], texts[0], texts[5], texts[3]])  # remembered, new, a text twice
+    assert np.array_equal(mixed, expected[[3, 0, 5, 3]])
+    assert np.array_equal(memo.rows(texts), expected)  # more texts than it remembers
+    assert len(memo._rows) <= 6
+    assert memo.rows([]).shape == (0, memo.dimensions)
