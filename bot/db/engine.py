@@ -286,8 +286,14 @@ class SqliteWriter:
         A failed commit is rolled back (nothing half-written stays open) and raised as
         SQLAlchemy's error, as `Connection.commit` raised it.
         """
-        raw = inline_sqlite_connection(connection)
-        if raw is None or not raw.in_transaction:  # a caller ended it through SQLAlchemy
+        # sqlite3's own state, whatever SQLAlchemy's side says: a caller may have ended that
+        # side (a rollback through SQLAlchemy) and begun sqlite3 again without it.
+        sync = connection.sync_connection
+        if sync is None or sync.closed or sync.invalidated:
+            return
+        driver = sync.connection.driver_connection
+        raw = driver._connection if isinstance(driver, _InlineSqliteConnection) else None
+        if raw is None or not raw.in_transaction:
             return
         if not commit:
             run_raw_sql(raw, "ROLLBACK")

@@ -121,8 +121,10 @@ class LexicalEmbedder:
         if missing:
             fresh = self._compute(missing)
             if len(missing) <= self.rows_cached:
-                for text, row in zip(missing, fresh.copy(), strict=True):
-                    known[text] = row  # its own copy: the caller may change the matrix it gets
+                for text, row in zip(missing, fresh, strict=True):
+                    # A copy of its own: the caller may change the matrix it gets, and a row kept
+                    # as a view would keep its whole batch's matrix alive.
+                    known[text] = row.copy()
                 while len(known) > self.rows_cached:
                     del known[next(iter(known))]
             if len(missing) == len(texts):  # nothing remembered, no text twice: as computed
